@@ -1,0 +1,80 @@
+# zcow - GNU Make build.  `make` builds build/zcow, build/libzcow.{a,so},
+# build/zcow.pc.  `make check` runs every test; `make bench` the benchmark.
+# SANITIZE=address,undefined or SANITIZE=thread builds into build-$(SANITIZE).
+
+CC ?= cc
+PKGS := zlib libzstd libisal liburing libnbd
+SANITIZE ?=
+VERSION := 0.1.0
+
+ifeq ($(SANITIZE),)
+BUILD ?= build
+OPT ?= -O2
+else
+BUILD ?= build-$(subst $(comma),-,$(SANITIZE))
+OPT ?= -O1 -g -fno-omit-frame-pointer
+SAN_FLAGS := -fsanitize=$(SANITIZE) -fno-sanitize-recover=all
+endif
+comma := ,
+
+CFLAGS ?= $(OPT) -g
+WARN := -Wall -Wextra -Wvla -Wshadow -Wstrict-prototypes -Wmissing-prototypes
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SAN_FLAGS) \
+              -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
+LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
+ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
+
+LIB_SRC := $(sort $(wildcard lib/*.c))
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
+CLI_SRC := $(sort $(wildcard cli/*.c))
+CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
+UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
+HELPER_SRC := $(sort $(wildcard tests/helpers/*.c))
+HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
+
+all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc
+
+$(BUILD)/%.o: %.c $(wildcard include/*.h lib/*.h)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
+
+$(BUILD)/libzcow.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/libzcow.so: $(LIB_OBJ) lib/libzcow.map
+	$(CC) -shared -Wl,-soname,libzcow.so.0 -Wl,--version-script=lib/libzcow.map \
+	    $(ALL_LDFLAGS) -o $@ $(LIB_OBJ) $(LIBS)
+
+$(BUILD)/zcow: $(CLI_OBJ) $(BUILD)/libzcow.a
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libzcow.a $(LIBS)
+
+$(BUILD)/zcow.pc: Makefile
+	@mkdir -p $(BUILD)
+	printf 'prefix=/usr/local\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: zcow\nDescription: compressed qcow2 writer\nVersion: $(VERSION)\nRequires.private: $(PKGS)\nLibs: -L$${libdir} -lzcow\nCflags: -I$${includedir}\n' > $@
+
+# Unit tests link the static library, so they can reach internal modules.
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libzcow.a tests/unit/unit.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libzcow.a $(LIBS)
+
+$(BUILD)/tests/%: tests/helpers/%.c $(BUILD)/libzcow.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libzcow.a $(LIBS)
+
+tests: all $(UNIT_BIN) $(HELPER_BIN)
+
+# The whole suite: normal build, then ASan+UBSan and TSan builds.
+check:
+	tests/run.sh
+
+demo: all
+	scripts/demo.sh
+
+bench: all
+	bench/run.sh
+
+clean:
+	rm -rf build build-*
+
+.PHONY: all tests check demo bench clean

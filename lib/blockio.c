@@ -1,0 +1,282 @@
+/* blockio.c - file I/O with O_DIRECT, fallback, page dropping, temp files. */
+#include "blockio.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "fault.h"
+
+/* Temporary files of this process, for removal from signal handlers:
+ * slots hold strdup'ed paths, taken and released with atomic exchanges. */
+#define MAX_TEMP_FILES 64
+static _Atomic(char *) temp_files[MAX_TEMP_FILES];
+
+static void temp_register(char *path)
+{
+    for (int i = 0; i < MAX_TEMP_FILES; i++) {
+        char *expected = NULL;
+        if (atomic_compare_exchange_strong(&temp_files[i], &expected, path))
+            return;
+    }
+}
+
+static void temp_unregister(const char *path)
+{
+    for (int i = 0; i < MAX_TEMP_FILES; i++) {
+        char *p = atomic_load(&temp_files[i]);
+        if (p == path) {
+            atomic_store(&temp_files[i], NULL);
+            return;
+        }
+    }
+}
+
+void blk_remove_temp_files(void)
+{
+    for (int i = 0; i < MAX_TEMP_FILES; i++) {
+        char *p = atomic_exchange(&temp_files[i], NULL);
+        if (p)
+            unlink(p); /* leak the string: we are in a signal handler */
+    }
+}
+
+void zcow_remove_temp_files(void) { blk_remove_temp_files(); }
+
+void *blk_alloc(size_t len)
+{
+    void *p = NULL;
+    size_t rounded = (len + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+    if (posix_memalign(&p, BLK_ALIGN, rounded ? rounded : BLK_ALIGN) != 0)
+        return NULL;
+    return p;
+}
+
+void *blk_zalloc(size_t len)
+{
+    void *p = blk_alloc(len);
+    if (p)
+        memset(p, 0, len);
+    return p;
+}
+
+static void blk_init(struct blk *b)
+{
+    memset(b, 0, sizeof(*b));
+    b->fd = -1;
+}
+
+int blk_open_read(struct blk *b, const char *path, bool direct)
+{
+    blk_init(b);
+    int fd = -1;
+    if (direct) {
+        fd = fault_open(path, O_RDONLY | O_CLOEXEC | O_DIRECT, 0);
+        if (fd >= 0)
+            b->direct = true;
+    }
+    if (fd < 0)
+        fd = fault_open(path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return zerr_sys(errno, "cannot open '%s'", path);
+    struct stat st;
+    if (fstat(fd, &st) == 0 && S_ISDIR(st.st_mode)) {
+        close(fd);
+        return zerr(EISDIR, "cannot read '%s': Is a directory", path);
+    }
+    b->is_blockdev = S_ISBLK(st.st_mode);
+    b->fd = fd;
+    b->path = strdup(path);
+    if (!b->path) {
+        close(fd);
+        return zerr(ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+/* Open a new file under NAME exclusively; with O_DIRECT first if asked. */
+static int open_new(const char *name, bool atomic, bool *direct)
+{
+    int flags = O_RDWR | O_CREAT | O_CLOEXEC | (atomic ? O_EXCL : O_TRUNC);
+    if (*direct) {
+        int fd = fault_open(name, flags | O_DIRECT, 0644);
+        if (fd >= 0 || errno != EINVAL)
+            return fd;
+        *direct = false; /* the file system refuses O_DIRECT (e.g. tmpfs) */
+        if (atomic)
+            unlink(name); /* O_EXCL: the failed open may have created it */
+    }
+    return fault_open(name, flags, 0644);
+}
+
+int blk_create(struct blk *b, const char *path, bool direct, bool drop_pages, bool atomic)
+{
+    blk_init(b);
+    bool want_direct = direct;
+    char *name = NULL;
+    int fd = -1;
+    if (atomic) {
+        size_t n = strlen(path) + 32;
+        name = malloc(n);
+        if (!name)
+            return zerr(ENOMEM, "out of memory");
+        unsigned seed = (unsigned)getpid() ^ (unsigned)time(NULL) ^ (unsigned)(uintptr_t)b;
+        for (int tries = 0; tries < 100; tries++) {
+            seed = seed * 1103515245u + 12345u;
+            snprintf(name, n, "%s.zcow-tmp-%06x", path, (seed >> 8) & 0xffffff);
+            fd = open_new(name, true, &direct);
+            if (fd >= 0 || errno != EEXIST)
+                break;
+        }
+    } else {
+        fd = open_new(path, false, &direct);
+    }
+    if (fd < 0) {
+        int e = errno;
+        free(name);
+        return zerr_sys(e, "cannot create '%s'", path);
+    }
+    if (want_direct && !direct) {
+        static atomic_int noticed;
+        if (!atomic_exchange(&noticed, 1))
+            fprintf(stderr, "zcow: '%s': file system refuses O_DIRECT; writing through the "
+                            "page cache and dropping written pages\n", path);
+        drop_pages = true;
+    }
+    struct stat st;
+    if (fstat(fd, &st) == 0)
+        b->is_blockdev = S_ISBLK(st.st_mode);
+    b->fd = fd;
+    b->direct = direct;
+    b->drop_pages = drop_pages && !direct;
+    b->path = strdup(path);
+    b->temp_path = name;
+    if (name)
+        temp_register(name);
+    if (!b->path) {
+        blk_close(b);
+        return zerr(ENOMEM, "out of memory");
+    }
+    return 0;
+}
+
+int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+    const char *p = buf;
+    while (len > 0) {
+        ssize_t n = fault_pwrite(b->fd, p, len, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return zerr_sys(errno, "cannot write to '%s' at offset %llu", b->path,
+                            (unsigned long long)off);
+        }
+        if (n == 0)
+            return zerr(EIO, "cannot write to '%s' at offset %llu: no progress", b->path,
+                        (unsigned long long)off);
+        p += n;
+        len -= (size_t)n;
+        off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+    char *p = buf;
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = fault_pread(b->fd, p + done, len - done, (off_t)(off + done));
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return zerr_sys(errno, "cannot read '%s' at offset %llu", b->path,
+                            (unsigned long long)(off + done));
+        }
+        if (n == 0)
+            break;
+        done += (size_t)n;
+        /* O_DIRECT: a short read that is not at an aligned end means EOF. */
+        if (b->direct && ((off + done) % BLK_ALIGN) != 0)
+            break;
+    }
+    return (int64_t)done;
+}
+
+void blk_drop_range(struct blk *b, uint64_t off, uint64_t len)
+{
+    if (!b->drop_pages)
+        return;
+    /* DONTNEED drops clean pages only: write the range back first. */
+    sync_file_range(b->fd, (off_t)off, (off_t)len,
+                    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+                        SYNC_FILE_RANGE_WAIT_AFTER);
+    posix_fadvise(b->fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
+}
+
+int blk_fsync(struct blk *b)
+{
+    if (fault_fsync(b->fd) != 0)
+        return zerr_sys(errno, "cannot fsync '%s'", b->path);
+    return 0;
+}
+
+int64_t blk_size(struct blk *b)
+{
+    off_t end = lseek(b->fd, 0, SEEK_END);
+    if (end < 0)
+        return zerr_sys(errno, "cannot seek in '%s'", b->path);
+    return end;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return zerr(ENOMEM, "out of memory");
+    const char *dir = dirname(copy);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int r = 0;
+    if (fd < 0 || fault_fsync(fd) != 0)
+        r = zerr_sys(errno, "cannot fsync directory '%s'", dir);
+    if (fd >= 0)
+        close(fd);
+    free(copy);
+    return r;
+}
+
+int blk_commit(struct blk *b)
+{
+    int r = blk_fsync(b);
+    if (r < 0 || !b->temp_path)
+        return r;
+    if (fault_rename(b->temp_path, b->path) != 0)
+        return zerr_sys(errno, "cannot rename '%s' to '%s'", b->temp_path, b->path);
+    temp_unregister(b->temp_path);
+    free(b->temp_path);
+    b->temp_path = NULL;
+    return fsync_dir_of(b->path);
+}
+
+void blk_close(struct blk *b)
+{
+    if (b->fd >= 0)
+        close(b->fd);
+    b->fd = -1;
+    if (b->temp_path) {
+        temp_unregister(b->temp_path);
+        unlink(b->temp_path);
+        free(b->temp_path);
+        b->temp_path = NULL;
+    }
+    free(b->path);
+    b->path = NULL;
+}

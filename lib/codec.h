@@ -1,0 +1,43 @@
+/* codec.h - compress and decompress one qcow2 cluster.
+ *
+ * zlib type: raw deflate with at most 4 KiB back-references, because QEMU
+ * inflates with windowBits -12.  ISA-L (hist_bits 12) does the fast levels,
+ * zlib (windowBits -12) the others.  zstd type: standard zstd frames.
+ *
+ * Contexts are per thread, created on first use and reused for every
+ * cluster after that; they are freed when the thread exits.  All functions
+ * are thread-safe. */
+#ifndef ZCOW_CODEC_H
+#define ZCOW_CODEC_H
+
+#include <stddef.h>
+
+/* Levels of the zlib type: 0..3 are ISA-L's levels (fast), 4..9 zlib's.
+ * Levels of the zstd type: zstd's, 1..19.  The defaults were chosen by
+ * measurement (bench/levels.sh): about qemu-img's ratio, many times faster. */
+#define CODEC_ZLIB_DEFAULT_LEVEL 2
+#define CODEC_ZLIB_MAX_LEVEL 9
+#define CODEC_ZSTD_DEFAULT_LEVEL 3
+#define CODEC_ZSTD_MAX_LEVEL 19
+
+/* Resolve ZCOW_LEVEL_DEFAULT (-1) to the type's default; -EINVAL if the
+ * level is out of range for the type. */
+int codec_resolve_level(int type, int level);
+
+/* Compress IN_LEN bytes into OUT (OUT_CAP bytes).  Returns the compressed
+ * length, -ENOSPC if it does not fit in OUT_CAP (the caller then stores the
+ * cluster uncompressed), or -ENOMEM / -EIO. */
+int codec_compress(int type, int level, const void *in, size_t in_len,
+                   void *out, size_t out_cap);
+
+/* Decompress from IN (IN_LEN bytes, possibly followed by unrelated bytes)
+ * into exactly OUT_LEN bytes.  Returns 0, or -EIO when the stream is bad or
+ * ends before OUT_LEN bytes. */
+int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t out_len);
+
+/* Compression with zlib itself (windowBits -12), whatever the level: the
+ * reference the fast path is tested against. */
+int codec_compress_zlib_reference(int level, const void *in, size_t in_len,
+                                  void *out, size_t out_cap);
+
+#endif

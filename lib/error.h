@@ -1,0 +1,17 @@
+/* error.h - the per-thread error message behind zcow_get_error(). */
+#ifndef ZCOW_ERROR_H
+#define ZCOW_ERROR_H
+
+/* Record "FMT..." as this thread's message and return -ERR (ERR > 0).
+ * Messages follow git's style: lowercase, no full stop, the file in quotes
+ * ("cannot open 'x.raw': No such file or directory"). */
+int zerr(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The same, appending ": strerror(ERR)". */
+int zerr_sys(int err, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Has this thread's message been set since zerr_clear()? */
+int zerr_is_set(void);
+void zerr_clear(void);
+
+#endif

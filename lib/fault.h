@@ -1,0 +1,23 @@
+/* fault.h - system calls with test-only fault injection.
+ *
+ * With ZCOW_FAULT="OP:N:ERR" in the environment, the Nth call of OP in the
+ * process fails: OP is open, read, write, fsync, rename or alloc; ERR is an
+ * errno name (EIO, ENOSPC, EINTR, ...) or "short" (a write or read that
+ * transfers half of what was asked).  With ZCOW_FAULT_STATS=FILE the count
+ * of calls of each OP is written to FILE at exit, so that a test can walk N
+ * over every call.  Without these variables the wrappers are plain calls. */
+#ifndef ZCOW_FAULT_H
+#define ZCOW_FAULT_H
+
+#include <stddef.h>
+#include <sys/types.h>
+
+int fault_open(const char *path, int flags, mode_t mode);
+ssize_t fault_pread(int fd, void *buf, size_t len, off_t off);
+ssize_t fault_pwrite(int fd, const void *buf, size_t len, off_t off);
+int fault_fsync(int fd);
+int fault_rename(const char *from, const char *to);
+/* Returns nonzero when the next allocation of a buffer must fail. */
+int fault_alloc_fails(void);
+
+#endif

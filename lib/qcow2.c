@@ -1,0 +1,188 @@
+/* qcow2.c - encode and decode the on-disk structures of qcow2. */
+#include "qcow2.h"
+
+#include <errno.h>
+#include <string.h>
+
+void qcow2_header_encode(const struct qcow2_header *h, void *buf)
+{
+    uint8_t *p = buf;
+    memset(p, 0, QCOW2_HEADER_V3_LEN);
+    qcow2_put_be32(p + 0, h->magic);
+    qcow2_put_be32(p + 4, h->version);
+    qcow2_put_be64(p + 8, h->backing_file_offset);
+    qcow2_put_be32(p + 16, h->backing_file_size);
+    qcow2_put_be32(p + 20, h->cluster_bits);
+    qcow2_put_be64(p + 24, h->size);
+    qcow2_put_be32(p + 32, h->crypt_method);
+    qcow2_put_be32(p + 36, h->l1_size);
+    qcow2_put_be64(p + 40, h->l1_table_offset);
+    qcow2_put_be64(p + 48, h->refcount_table_offset);
+    qcow2_put_be32(p + 56, h->refcount_table_clusters);
+    qcow2_put_be32(p + 60, h->nb_snapshots);
+    qcow2_put_be64(p + 64, h->snapshots_offset);
+    qcow2_put_be64(p + 72, h->incompatible_features);
+    qcow2_put_be64(p + 80, h->compatible_features);
+    qcow2_put_be64(p + 88, h->autoclear_features);
+    qcow2_put_be32(p + 96, h->refcount_order);
+    qcow2_put_be32(p + 100, h->header_length);
+    p[104] = h->compression_type;
+}
+
+int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, const char **why)
+{
+    const uint8_t *p = buf;
+    memset(h, 0, sizeof(*h));
+    if (len < QCOW2_HEADER_V2_LEN) {
+        *why = "file too short for a qcow2 header";
+        return -EINVAL;
+    }
+    h->magic = qcow2_be32(p + 0);
+    if (h->magic != QCOW2_MAGIC) {
+        *why = "not a qcow2 image (bad magic)";
+        return -EINVAL;
+    }
+    h->version = qcow2_be32(p + 4);
+    h->backing_file_offset = qcow2_be64(p + 8);
+    h->backing_file_size = qcow2_be32(p + 16);
+    h->cluster_bits = qcow2_be32(p + 20);
+    h->size = qcow2_be64(p + 24);
+    h->crypt_method = qcow2_be32(p + 32);
+    h->l1_size = qcow2_be32(p + 36);
+    h->l1_table_offset = qcow2_be64(p + 40);
+    h->refcount_table_offset = qcow2_be64(p + 48);
+    h->refcount_table_clusters = qcow2_be32(p + 56);
+    h->nb_snapshots = qcow2_be32(p + 60);
+    h->snapshots_offset = qcow2_be64(p + 64);
+    if (h->version == 2) {
+        h->refcount_order = 4;
+        h->header_length = QCOW2_HEADER_V2_LEN;
+    } else if (h->version == 3) {
+        if (len < 104) {
+            *why = "file too short for a version 3 header";
+            return -EINVAL;
+        }
+        h->incompatible_features = qcow2_be64(p + 72);
+        h->compatible_features = qcow2_be64(p + 80);
+        h->autoclear_features = qcow2_be64(p + 88);
+        h->refcount_order = qcow2_be32(p + 96);
+        h->header_length = qcow2_be32(p + 100);
+        if (h->header_length < 104 || h->header_length % 8 != 0) {
+            *why = "bad header length";
+            return -EINVAL;
+        }
+        if (h->header_length > 104 && len >= 105)
+            h->compression_type = p[104];
+    } else {
+        *why = "unsupported qcow2 version";
+        return -EINVAL;
+    }
+    if (h->cluster_bits < QCOW2_MIN_CLUSTER_BITS || h->cluster_bits > QCOW2_MAX_CLUSTER_BITS) {
+        *why = "cluster size out of range";
+        return -EINVAL;
+    }
+    if (h->header_length > (1u << h->cluster_bits)) {
+        *why = "header longer than a cluster";
+        return -EINVAL;
+    }
+    if (h->refcount_order > 6) {
+        *why = "refcount width out of range";
+        return -EINVAL;
+    }
+    if (h->compression_type > 1) {
+        *why = "unknown compression type";
+        return -EINVAL;
+    }
+    if ((h->compression_type != 0) != !!(h->incompatible_features & QCOW2_INCOMPAT_COMPRESSION)) {
+        *why = "compression type and its feature bit disagree";
+        return -EINVAL;
+    }
+    *why = NULL;
+    return 0;
+}
+
+struct feature_name {
+    uint8_t type, bit;
+    const char *name;
+};
+
+/* The names QEMU writes in the feature name table of every v3 image. */
+static const struct feature_name feature_names[] = {
+    { 0, 0, "dirty bit" },
+    { 0, 1, "corrupt bit" },
+    { 0, 2, "external data file" },
+    { 0, 3, "compression type" },
+    { 0, 4, "extended L2 entries" },
+    { 1, 0, "lazy refcounts" },
+    { 2, 0, "bitmaps" },
+    { 2, 1, "raw external data" },
+};
+
+static uint8_t *put_extension_header(uint8_t *p, uint32_t type, uint32_t len)
+{
+    qcow2_put_be32(p, type);
+    qcow2_put_be32(p + 4, len);
+    return p + 8;
+}
+
+int qcow2_write_extensions(void *buf, size_t cap, const char *backing_format)
+{
+    size_t n_features = sizeof(feature_names) / sizeof(feature_names[0]);
+    size_t fmt_len = backing_format ? strlen(backing_format) : 0;
+    size_t need = 8 + n_features * 48 + 8;
+    if (fmt_len)
+        need += 8 + ((fmt_len + 7) & ~(size_t)7);
+    if (need > cap)
+        return -ENOSPC;
+    uint8_t *p = buf;
+    memset(p, 0, need);
+    if (fmt_len) {
+        p = put_extension_header(p, QCOW2_EXT_BACKING_FORMAT, (uint32_t)fmt_len);
+        memcpy(p, backing_format, fmt_len);
+        p += (fmt_len + 7) & ~(size_t)7;
+    }
+    p = put_extension_header(p, QCOW2_EXT_FEATURE_TABLE, (uint32_t)(n_features * 48));
+    for (size_t i = 0; i < n_features; i++, p += 48) {
+        p[0] = feature_names[i].type;
+        p[1] = feature_names[i].bit;
+        strncpy((char *)p + 2, feature_names[i].name, 46);
+    }
+    put_extension_header(p, QCOW2_EXT_END, 0);
+    return (int)need;
+}
+
+uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
+{
+    const uint8_t *b = block;
+    switch (order) {
+    case 0: case 1: case 2: {
+        unsigned bits = 1u << order;
+        unsigned per_byte = 8 / bits;
+        unsigned shift = (unsigned)(i % per_byte) * bits;
+        return (b[i / per_byte] >> shift) & ((1u << bits) - 1);
+    }
+    case 3: return b[i];
+    case 4: return qcow2_be16(b + 2 * i);
+    case 5: return qcow2_be32(b + 4 * i);
+    default: return qcow2_be64(b + 8 * i);
+    }
+}
+
+void qcow2_refcount_set(void *block, unsigned order, uint64_t i, uint64_t v)
+{
+    uint8_t *b = block;
+    switch (order) {
+    case 0: case 1: case 2: {
+        unsigned bits = 1u << order;
+        unsigned per_byte = 8 / bits;
+        unsigned shift = (unsigned)(i % per_byte) * bits;
+        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
+        b[i / per_byte] = (uint8_t)((b[i / per_byte] & ~mask) | ((v << shift) & mask));
+        break;
+    }
+    case 3: b[i] = (uint8_t)v; break;
+    case 4: qcow2_put_be16(b + 2 * i, (uint16_t)v); break;
+    case 5: qcow2_put_be32(b + 4 * i, (uint32_t)v); break;
+    default: qcow2_put_be64(b + 8 * i, v); break;
+    }
+}

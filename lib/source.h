@@ -1,0 +1,52 @@
+/* source.h - what a conversion reads from: a raw file or block device, a
+ * qcow2 image (with its backing chain), later an NBD export.
+ *
+ * One ops table per kind, implemented in source_<kind>.c.  Every member may
+ * be called from many threads at once.  Failures return a negative errno
+ * and set the thread's message (error.h). */
+#ifndef ZCOW_SOURCE_H
+#define ZCOW_SOURCE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct source;
+
+struct source_ops {
+    const char *name; /* "raw", "qcow2", ... */
+    /* Read LEN bytes at OFF into BUF.  BUF, OFF and LEN are BLK_ALIGN
+     * aligned, except that OFF+LEN may pass the end of the source: the
+     * bytes past the end read as zero.  Required. */
+    int (*pread)(struct source *s, void *buf, size_t len, uint64_t off);
+    /* From OFF, how many bytes (*LEN, at least 1) are alike: all data
+     * (*IS_ZERO = 0) or known to read as zero (*IS_ZERO = 1).  NULL means
+     * everything is data. */
+    int (*extent)(struct source *s, uint64_t off, uint64_t *len, int *is_zero);
+    /* For sources whose clusters are stored compressed (qcow2): if the
+     * cluster at OFF is compressed with TYPE in CLUSTER_SIZE clusters, read
+     * its stored bytes into BUF (CAP bytes) and return their count; return
+     * 0 when it is not, so the caller reads and compresses it.  NULL means
+     * never. */
+    int (*read_compressed)(struct source *s, uint64_t off, int type, uint32_t cluster_size,
+                           void *buf, size_t cap);
+    void (*close)(struct source *s);
+};
+
+struct source {
+    const struct source_ops *ops;
+    char *name;     /* for messages */
+    uint64_t size;  /* virtual size in bytes */
+    void *priv;
+};
+
+/* Open NAME.  FORMAT is "raw", "qcow2" or NULL to probe.  DIRECT asks for
+ * O_DIRECT reads (dropped silently where refused). */
+int source_open(const char *name, const char *format, bool direct, struct source **out);
+void source_close(struct source *s);
+
+/* The kinds (each in its own file). */
+int source_raw_open(const char *name, bool direct, struct source **out);
+int source_qcow2_open(const char *name, bool direct, struct source **out);
+
+#endif
