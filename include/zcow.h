@@ -155,6 +155,11 @@ struct zcow_info {
     uint64_t clusters_allocated, clusters_compressed, clusters_normal, clusters_zero;
     const char *backing_file;  /* NULL if none */
     const char *backing_format;
+    /* Added after 0.1 for `zcow info`: */
+    const char *backing_path;  /* backing_file resolved against the image's
+                                  directory, as it is opened */
+    int dirty;                 /* incompatible feature bit 0 */
+    int lazy_refcounts;        /* compatible feature bit 0 */
 };
 /* Fill INFO; the cluster counts walk the L2 tables (top image only). */
 ZCOW_API int zcow_get_info(zcow_image *img, struct zcow_info *info);

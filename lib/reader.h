@@ -18,4 +18,14 @@ int reader_read_compressed(struct reader *r, const struct zcow_cluster_info *inf
 int reader_get_info(struct reader *r, struct zcow_info *info);
 void reader_close(struct reader *r);
 
+/* For the qcow2 source (source_qcow2.c).  reader_extent: from OFFSET, how
+ * many bytes (*LEN) read alike, as data (*IS_ZERO = 0) or as zero (1),
+ * looking through the backing chain; past the virtual size all is zero. */
+int reader_extent(struct reader *r, uint64_t offset, uint64_t *len, int *is_zero);
+uint64_t reader_size(const struct reader *r);
+uint32_t reader_cluster_size(const struct reader *r); /* 0 for raw */
+int reader_compression_type(const struct reader *r);
+int reader_is_qcow2(const struct reader *r);
+int reader_has_backing(const struct reader *r);
+
 #endif
