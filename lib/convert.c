@@ -1,0 +1,294 @@
+/* convert.c - the parallel conversion to compressed qcow2.
+ *
+ * Data flows one way: source -> worker (read, zero check, compress) ->
+ * allocator -> write cache -> file.  Workers take fixed segments of the
+ * source in order from one atomic counter, so allocation stays nearly
+ * sequential; each reads its segment with one large (O_DIRECT) read,
+ * skipping holes the source reports, and writes its clusters through the
+ * public API.  The calling thread only reports progress. */
+#include "convert.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "blockio.h"
+#include "error.h"
+
+#define SEGMENT_BYTES (1u << 20) /* per read; at least one cluster */
+#define PROGRESS_INTERVAL_NS 100000000L
+
+struct job {
+    const struct zcow_convert_options *o;
+    struct source *src;
+    zcow_image *img;
+    uint32_t cluster_size;
+    uint32_t segment;
+    uint64_t size;               /* virtual size of the output */
+    atomic_ullong next_segment;
+    atomic_ullong done_bytes;
+    atomic_ullong n_copied;
+    atomic_int failed;
+    pthread_mutex_t lock;        /* guards err, msg, running */
+    pthread_cond_t cond;
+    int err;
+    char msg[512];
+    int running;
+};
+
+static void job_fail(struct job *j, int err)
+{
+    pthread_mutex_lock(&j->lock);
+    if (!j->err) {
+        j->err = err;
+        strncpy(j->msg, zcow_get_error(), sizeof(j->msg) - 1);
+    }
+    atomic_store(&j->failed, 1);
+    pthread_mutex_unlock(&j->lock);
+}
+
+/* Copy a cluster stored compressed in the source as it is, if it can be:
+ * returns 1 if copied, 0 if the caller must read and compress it. */
+static int copy_compressed(struct job *j, uint64_t off, uint8_t *buf)
+{
+    const struct zcow_create_options *c = &j->o->create;
+    int n = j->src->ops->read_compressed(j->src, off, c->compression_type, j->cluster_size, buf,
+                                         j->cluster_size);
+    if (n <= 0)
+        return n;
+    int r = zcow_write_compressed(j->img, off, buf, (size_t)n);
+    if (r == 0)
+        atomic_fetch_add(&j->n_copied, 1);
+    return r < 0 ? r : 1;
+}
+
+/* Convert [OFF, OFF+LEN) of data (not a hole) into BUF's worth. */
+static int convert_range(struct job *j, uint64_t off, uint64_t len, uint8_t *buf, uint8_t *cbuf)
+{
+    const struct source_ops *ops = j->src->ops;
+    uint64_t end = off + len;
+    if (ops->read_compressed) {
+        /* Clusters already compressed in our type go across untouched. */
+        for (uint64_t c = off; c < end; c += j->cluster_size) {
+            int r = copy_compressed(j, c, cbuf);
+            if (r < 0)
+                return r;
+            if (r == 0) {
+                uint64_t n = end - c < j->cluster_size ? end - c : j->cluster_size;
+                size_t io = (n + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+                if ((r = ops->pread(j->src, buf, io, c)) < 0 ||
+                    (r = zcow_write_cluster(j->img, c, buf, n)) < 0)
+                    return r;
+            }
+        }
+        return 0;
+    }
+    size_t io = (len + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+    int r = ops->pread(j->src, buf, io, off);
+    if (r < 0)
+        return r;
+    for (uint64_t c = off; c < end; c += j->cluster_size) {
+        uint64_t n = end - c < j->cluster_size ? end - c : j->cluster_size;
+        if ((r = zcow_write_cluster(j->img, c, buf + (c - off), n)) < 0)
+            return r;
+    }
+    return 0;
+}
+
+/* One segment: split into data and zero extents at cluster granularity
+ * (a cluster with any data in it is data). */
+static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t *cbuf)
+{
+    uint64_t seg_end = seg_off + j->segment < j->size ? seg_off + j->segment : j->size;
+    uint64_t off = seg_off;
+    while (off < seg_end) {
+        uint64_t len = seg_end - off;
+        int is_zero = 0;
+        if (j->src->ops->extent) {
+            int r = j->src->ops->extent(j->src, off, &len, &is_zero);
+            if (r < 0)
+                return r;
+        }
+        uint64_t end = len > seg_end - off ? seg_end : off + len;
+        if (is_zero) {
+            /* Whole clusters of the hole are skipped; a partial one is data. */
+            uint64_t skip_end = end == seg_end ? end : end & ~(uint64_t)(j->cluster_size - 1);
+            if (skip_end > off) {
+                off = skip_end;
+                continue;
+            }
+            end = (off + j->cluster_size) & ~(uint64_t)(j->cluster_size - 1);
+            is_zero = 0;
+        } else {
+            end = (end + j->cluster_size - 1) & ~(uint64_t)(j->cluster_size - 1);
+            if (end > seg_end)
+                end = seg_end;
+        }
+        int r = convert_range(j, off, end - off, buf + (off - seg_off), cbuf);
+        if (r < 0)
+            return r;
+        off = end;
+    }
+    return 0;
+}
+
+static void *worker(void *arg)
+{
+    struct job *j = arg;
+    uint8_t *buf = blk_alloc(j->segment);
+    uint8_t *cbuf = malloc(j->cluster_size);
+    if (!buf || !cbuf)
+        job_fail(j, zerr(ENOMEM, "out of memory"));
+    uint64_t n_segments = (j->size + j->segment - 1) / j->segment;
+    while (buf && cbuf && !atomic_load(&j->failed)) {
+        uint64_t s = atomic_fetch_add(&j->next_segment, 1);
+        if (s >= n_segments)
+            break;
+        uint64_t off = s * j->segment;
+        int r = convert_segment(j, off, buf, cbuf);
+        if (r < 0) {
+            job_fail(j, r);
+            break;
+        }
+        uint64_t n = j->size - off < j->segment ? j->size - off : j->segment;
+        atomic_fetch_add(&j->done_bytes, n);
+    }
+    free(buf);
+    free(cbuf);
+    pthread_mutex_lock(&j->lock);
+    j->running--;
+    pthread_cond_broadcast(&j->cond);
+    pthread_mutex_unlock(&j->lock);
+    return NULL;
+}
+
+/* Wait for the workers, reporting progress every 100 ms. */
+static void wait_workers(struct job *j)
+{
+    pthread_mutex_lock(&j->lock);
+    while (j->running > 0) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += PROGRESS_INTERVAL_NS;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&j->cond, &j->lock, &ts);
+        if (j->o->progress) {
+            pthread_mutex_unlock(&j->lock);
+            j->o->progress(j->o->progress_opaque, atomic_load(&j->done_bytes), j->size);
+            pthread_mutex_lock(&j->lock);
+        }
+    }
+    pthread_mutex_unlock(&j->lock);
+}
+
+int convert_threads(const struct zcow_convert_options *o)
+{
+    if (o->threads > 0)
+        return o->threads;
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+#define MAX_THREADS 256
+
+int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
+                     struct zcow_convert_stats *st)
+{
+    struct zcow_create_options copts = o->create;
+    copts.virtual_size = (src->size + 511) & ~(uint64_t)511;
+    copts.atomic = 1;
+    if (copts.virtual_size == 0)
+        return zerr(EINVAL, "'%s': source is empty", src->name);
+    struct job j = { .o = o, .src = src, .size = copts.virtual_size };
+    j.cluster_size = copts.cluster_size ? copts.cluster_size : 65536;
+    j.segment = j.cluster_size > SEGMENT_BYTES ? j.cluster_size : SEGMENT_BYTES;
+    int r = zcow_create(o->dst, &copts, &j.img);
+    if (r < 0)
+        return r;
+    pthread_mutex_init(&j.lock, NULL);
+    pthread_cond_init(&j.cond, NULL);
+
+    int n = convert_threads(o);
+    if (n > MAX_THREADS)
+        n = MAX_THREADS;
+    pthread_t tids[MAX_THREADS];
+    int started = 0;
+    for (; started < n; started++) {
+        pthread_mutex_lock(&j.lock);
+        j.running++;
+        pthread_mutex_unlock(&j.lock);
+        if (pthread_create(&tids[started], NULL, worker, &j) != 0) {
+            pthread_mutex_lock(&j.lock);
+            j.running--;
+            pthread_mutex_unlock(&j.lock);
+            if (started == 0)
+                job_fail(&j, zerr(EAGAIN, "cannot start a worker thread"));
+            break;
+        }
+    }
+    wait_workers(&j);
+    for (int i = 0; i < started; i++)
+        pthread_join(tids[i], NULL);
+
+    if (j.err) {
+        zcow_abort(j.img);
+        r = zerr(-j.err, "%s", j.msg);
+    } else {
+        struct zcow_info info;
+        zcow_get_info(j.img, &info);
+        st->clusters_compressed = info.clusters_compressed - atomic_load(&j.n_copied);
+        st->clusters_copied = atomic_load(&j.n_copied);
+        st->clusters_normal = info.clusters_normal;
+        st->clusters_zero = info.clusters_zero;
+        r = zcow_close(j.img);
+    }
+    if (r == 0 && o->progress)
+        o->progress(o->progress_opaque, j.size, j.size);
+    pthread_mutex_destroy(&j.lock);
+    pthread_cond_destroy(&j.cond);
+    return r;
+}
+
+void zcow_convert_options_init(struct zcow_convert_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    zcow_create_options_init(&o->create);
+    o->dst_format = "qcow2";
+    o->src_cache = ZCOW_CACHE_NONE;
+}
+
+int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats *st)
+{
+    struct zcow_convert_stats dummy;
+    if (!st)
+        st = &dummy;
+    memset(st, 0, sizeof(*st));
+    if (!o || !o->src || !o->dst)
+        return zerr(EINVAL, "zcow_convert: missing source or destination");
+    const char *dst_format = o->dst_format ? o->dst_format : "qcow2";
+    if (strcmp(dst_format, "qcow2") && strcmp(dst_format, "raw"))
+        return zerr(EINVAL, "unknown output format '%s' (qcow2 or raw)", dst_format);
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    struct source *src;
+    int r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
+    if (r < 0)
+        return r;
+    st->bytes_in = src->size;
+    r = !strcmp(dst_format, "raw") ? convert_to_raw(o, src, st) : convert_to_qcow2(o, src, st);
+    source_close(src);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    st->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
+    struct stat sb;
+    if (r == 0 && stat(o->dst, &sb) == 0)
+        st->bytes_out = (uint64_t)sb.st_size;
+    return r;
+}

@@ -1,0 +1,1083 @@
+/* writer.c - an image being written.
+ *
+ * The file grows by appending: cluster 0 is the header (written last), and
+ * every data cluster, L2 table and refcount block is taken in order from
+ * the allocation frontier.  Because allocation only moves forward, the
+ * refcounts of every cluster below the frontier are final; their refcount
+ * block is written as soon as the frontier has passed it, so memory stays
+ * bounded whatever the image size.  L2 tables live in a small LRU of slots
+ * and are written when evicted.  At close the L1 table, the last refcount
+ * blocks, the refcount table and the header are appended/written.
+ *
+ * Locking: one mutex (w->lock) guards the allocator, the L1/L2 slots, the
+ * refcounts and the write cache.  It is held only for bookkeeping and the
+ * copy of a compressed chunk into the cache: compression happens before,
+ * and every write to the file after, with the lock dropped. */
+#include "writer.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "blockio.h"
+#include "codec.h"
+#include "cwcache.h"
+#include "error.h"
+#include "fault.h"
+#include "qcow2.h"
+
+#define REFCOUNT_ORDER 4 /* 16-bit refcounts, QEMU's default */
+#define L2_SLOTS_BYTES (8u << 20) /* L2 tables kept in memory */
+#define MIN_L2_SLOTS 4
+#define MAX_L2_SLOTS 64   /* slots are scanned linearly */
+#define CACHE_BYTES (16u << 20)   /* compressed write cache bound */
+
+enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY };
+
+struct l2_slot {
+    enum slot_state state;
+    bool dirty;
+    uint32_t l1_index;
+    uint64_t last_use;
+    uint8_t *buf; /* cluster_size bytes, on-disk (big-endian) form */
+};
+
+/* A metadata cluster to write once the lock is dropped. */
+struct meta_write {
+    uint64_t offset;
+    uint8_t *buf;          /* freed after the write unless SLOT is set */
+    struct l2_slot *slot;  /* an evicted L2 table: freed slot after the write */
+    struct meta_write *next;
+};
+
+/* Work an operation leaves for after the unlock. */
+struct pending {
+    struct cw_cluster *finished[4];
+    unsigned n_finished;
+    struct meta_write *meta;
+};
+
+/* Bytes being read-modify-written without the cache (O_DIRECT). */
+struct range {
+    uint64_t start, end;
+    struct range *next;
+};
+
+struct writer {
+    struct blk file;
+    char *backing_file, *backing_format;
+    unsigned cluster_bits;
+    uint32_t cluster_size;
+    uint64_t virtual_size;
+    int type, level;
+    bool use_cache;
+
+    pthread_mutex_t lock;
+    pthread_cond_t slot_cond;  /* a slot left SLOT_BUSY */
+    atomic_int error;          /* sticky: first failure, negative errno */
+    char error_msg[256];
+
+    /* allocator */
+    uint64_t next_cluster;     /* the frontier, in clusters */
+    uint64_t cbyte;            /* next free compressed byte; 0 = no open cluster */
+
+    /* L1 and the L2 slots */
+    uint32_t l1_size;
+    uint64_t *l1;              /* L2 table offsets, host order; 0 = none */
+    struct l2_slot *slots;
+    unsigned n_slots;
+    uint64_t use_tick;
+
+    /* refcounts: blocks [rc_first, rc_first + rc_n) are in memory */
+    uint64_t rc_entries;       /* refcounts per block */
+    uint64_t rc_first;
+    uint8_t **rc_blocks;
+    unsigned rc_n, rc_cap;
+    uint64_t *reftable;        /* block offsets, host order */
+    uint64_t reftable_len, reftable_cap;
+
+    struct cwcache cache;
+
+    /* read-modify-write ranges in flight (cache off) */
+    pthread_mutex_t range_lock;
+    pthread_cond_t range_cond;
+    struct range *ranges;
+
+    /* statistics */
+    atomic_ullong n_compressed, n_normal, n_zero;
+};
+
+/* ---- errors --------------------------------------------------------------- */
+
+/* Record the first failure; every later call returns it. */
+static int fail(struct writer *w, int err)
+{
+    int expected = 0;
+    if (atomic_compare_exchange_strong(&w->error, &expected, err))
+        strncpy(w->error_msg, zcow_get_error(), sizeof(w->error_msg) - 1);
+    return err;
+}
+
+static int sticky(struct writer *w)
+{
+    int e = atomic_load(&w->error);
+    if (e)
+        zerr(-e, "%s", w->error_msg[0] ? w->error_msg : "earlier write failed");
+    return e;
+}
+
+/* ---- per-thread buffers ---------------------------------------------------- */
+
+static pthread_key_t tl_key;
+static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
+
+struct tl_bufs {
+    uint8_t *out;   /* compressed output */
+    uint8_t *bounce;/* aligned copy of a cluster */
+    size_t cap;
+};
+
+static void tl_free(void *p)
+{
+    struct tl_bufs *t = p;
+    if (t) {
+        free(t->out);
+        free(t->bounce);
+        free(t);
+    }
+}
+
+static void tl_make_key(void) { pthread_key_create(&tl_key, tl_free); }
+
+static struct tl_bufs *thread_bufs(size_t cap)
+{
+    pthread_once(&tl_once, tl_make_key);
+    struct tl_bufs *t = pthread_getspecific(tl_key);
+    if (t && t->cap >= cap)
+        return t;
+    if (!t) {
+        t = calloc(1, sizeof(*t));
+        if (!t || pthread_setspecific(tl_key, t) != 0) {
+            free(t);
+            return NULL;
+        }
+    }
+    free(t->out);
+    free(t->bounce);
+    t->out = malloc(cap);
+    t->bounce = blk_alloc(cap);
+    t->cap = (t->out && t->bounce) ? cap : 0;
+    return t->cap ? t : NULL;
+}
+
+/* ---- refcounts ------------------------------------------------------------- */
+
+static uint64_t refcount_max(void) { return (1ull << (1u << REFCOUNT_ORDER)) - 1; }
+
+/* The in-memory block holding cluster CI's refcount, made if absent. */
+static uint8_t *rc_block(struct writer *w, uint64_t ci)
+{
+    uint64_t b = ci / w->rc_entries;
+    if (b < w->rc_first)
+        return NULL; /* already written: a bug if reached */
+    while (b >= w->rc_first + w->rc_n) {
+        if (w->rc_n == w->rc_cap) {
+            unsigned cap = w->rc_cap ? w->rc_cap * 2 : 4;
+            uint8_t **nb = realloc(w->rc_blocks, cap * sizeof(*nb));
+            if (!nb)
+                return NULL;
+            w->rc_blocks = nb;
+            w->rc_cap = cap;
+        }
+        w->rc_blocks[w->rc_n] = blk_zalloc(w->cluster_size);
+        if (!w->rc_blocks[w->rc_n])
+            return NULL;
+        w->rc_n++;
+    }
+    return w->rc_blocks[b - w->rc_first];
+}
+
+static uint64_t rc_get(struct writer *w, uint64_t ci)
+{
+    uint8_t *blk = rc_block(w, ci);
+    return blk ? qcow2_refcount_get(blk, REFCOUNT_ORDER, ci % w->rc_entries) : 0;
+}
+
+static int rc_inc(struct writer *w, uint64_t ci)
+{
+    uint8_t *blk = rc_block(w, ci);
+    if (!blk)
+        return zerr(ENOMEM, "out of memory for refcounts of '%s'", w->file.path);
+    uint64_t i = ci % w->rc_entries;
+    qcow2_refcount_set(blk, REFCOUNT_ORDER, i, qcow2_refcount_get(blk, REFCOUNT_ORDER, i) + 1);
+    return 0;
+}
+
+static int reftable_set(struct writer *w, uint64_t block, uint64_t offset)
+{
+    if (block >= w->reftable_cap) {
+        uint64_t cap = w->reftable_cap ? w->reftable_cap * 2 : 64;
+        while (cap <= block)
+            cap *= 2;
+        uint64_t *t = realloc(w->reftable, cap * sizeof(*t));
+        if (!t)
+            return zerr(ENOMEM, "out of memory");
+        memset(t + w->reftable_cap, 0, (cap - w->reftable_cap) * sizeof(*t));
+        w->reftable = t;
+        w->reftable_cap = cap;
+    }
+    w->reftable[block] = offset;
+    if (block + 1 > w->reftable_len)
+        w->reftable_len = block + 1;
+    return 0;
+}
+
+/* ---- allocation ------------------------------------------------------------ */
+
+/* Take the cluster at the frontier, not yet counted. */
+static uint64_t take_cluster(struct writer *w) { return w->next_cluster++; }
+
+/* Take the cluster at the frontier for a single owner (refcount 1). */
+static int alloc_cluster(struct writer *w, uint64_t *offset)
+{
+    int r = rc_inc(w, w->next_cluster);
+    if (r < 0)
+        return r;
+    *offset = take_cluster(w) << w->cluster_bits;
+    return 0;
+}
+
+static void queue_meta(struct pending *p, struct meta_write *m)
+{
+    m->next = p->meta;
+    p->meta = m;
+}
+
+/* The allocator leaves the open compressed cluster for good. */
+static void abandon_compressed(struct writer *w, struct pending *p)
+{
+    if (w->use_cache)
+        cw_close_open(&w->cache, p->finished, &p->n_finished);
+    w->cbyte = 0;
+}
+
+/* Write out every refcount block whose clusters are all final: those
+ * below both the frontier and the open compressed cluster. */
+static int rc_retire(struct writer *w, struct pending *p)
+{
+    for (;;) {
+        uint64_t frontier_block = w->next_cluster / w->rc_entries;
+        if (w->cbyte) {
+            uint64_t cblock = (w->cbyte >> w->cluster_bits) / w->rc_entries;
+            /* A compressed cluster left behind a whole block (runs of
+             * incompressible data) is closed, so the block can go. */
+            if (cblock < frontier_block && cblock == w->rc_first)
+                abandon_compressed(w, p);
+        }
+        if (w->rc_first >= frontier_block || w->rc_n == 0)
+            return 0;
+        struct meta_write *m = calloc(1, sizeof(*m));
+        if (!m)
+            return zerr(ENOMEM, "out of memory");
+        int r = alloc_cluster(w, &m->offset);
+        if (r == 0)
+            r = reftable_set(w, w->rc_first, m->offset);
+        if (r < 0) {
+            free(m);
+            return r;
+        }
+        m->buf = w->rc_blocks[0];
+        memmove(w->rc_blocks, w->rc_blocks + 1, (w->rc_n - 1) * sizeof(*w->rc_blocks));
+        w->rc_n--;
+        w->rc_first++;
+        queue_meta(p, m);
+    }
+}
+
+/* Take LEN bytes for a compressed stream, packed after the previous one;
+ * straddling into the next cluster only if it is physically next.  A
+ * compressed cluster's refcount is the number of streams touching it. */
+static int alloc_bytes(struct writer *w, uint32_t len, struct pending *p, uint64_t *offset)
+{
+    if (w->cbyte) {
+        uint64_t ci = w->cbyte >> w->cluster_bits;
+        uint64_t room = ((ci + 1) << w->cluster_bits) - w->cbyte;
+        bool straddle = len > room && w->next_cluster == ci + 1;
+        if (rc_get(w, ci) >= refcount_max() || (len > room && !straddle))
+            abandon_compressed(w, p);
+        else if (straddle)
+            take_cluster(w);
+    }
+    if (!w->cbyte)
+        w->cbyte = take_cluster(w) << w->cluster_bits;
+    *offset = w->cbyte;
+    uint64_t first = *offset >> w->cluster_bits, last = (*offset + len - 1) >> w->cluster_bits;
+    for (uint64_t ci = first; ci <= last; ci++) {
+        int r = rc_inc(w, ci);
+        if (r < 0)
+            return r;
+    }
+    w->cbyte = *offset + len;
+    if ((w->cbyte & (w->cluster_size - 1)) == 0)
+        w->cbyte = 0; /* exactly full: the cache finished it already */
+    return 0;
+}
+
+/* ---- L2 slots ---------------------------------------------------------------- */
+
+static struct l2_slot *find_slot(struct writer *w, uint32_t l1_index)
+{
+    for (unsigned i = 0; i < w->n_slots; i++)
+        if (w->slots[i].state != SLOT_FREE && w->slots[i].l1_index == l1_index)
+            return &w->slots[i];
+    return NULL;
+}
+
+/* A free slot, evicting the least recently used table if needed (its
+ * write is queued in P).  NULL if every slot is busy: wait and retry. */
+static struct l2_slot *free_slot(struct writer *w, struct pending *p, int *err)
+{
+    struct l2_slot *victim = NULL;
+    for (unsigned i = 0; i < w->n_slots; i++) {
+        struct l2_slot *s = &w->slots[i];
+        if (s->state == SLOT_FREE)
+            return s;
+        if (s->state == SLOT_READY && (!victim || s->last_use < victim->last_use))
+            victim = s;
+    }
+    if (!victim)
+        return NULL;
+    if (!victim->dirty) {
+        victim->state = SLOT_FREE;
+        return victim;
+    }
+    struct meta_write *m = calloc(1, sizeof(*m));
+    if (!m) {
+        *err = zerr(ENOMEM, "out of memory");
+        return NULL;
+    }
+    m->offset = w->l1[victim->l1_index];
+    m->buf = victim->buf;
+    m->slot = victim;
+    victim->state = SLOT_BUSY;
+    queue_meta(p, m);
+    return NULL; /* the caller retries after this write */
+}
+
+/* The L2 table for L1_INDEX, in memory, with the lock held.  May drop and
+ * retake the lock (to wait for a busy slot or to read a table back), so
+ * it must run before anything is allocated in this critical section.
+ * With CREATE, a missing table is allocated; else *SLOT may be NULL. */
+static int get_l2(struct writer *w, uint32_t l1_index, bool create, struct pending *p,
+                  struct l2_slot **slot)
+{
+    for (;;) {
+        struct l2_slot *s = find_slot(w, l1_index);
+        if (s && s->state == SLOT_READY) {
+            s->last_use = ++w->use_tick;
+            *slot = s;
+            return 0;
+        }
+        if (s) { /* being written or read */
+            pthread_cond_wait(&w->slot_cond, &w->lock);
+            continue;
+        }
+        if (!create && w->l1[l1_index] == 0) {
+            *slot = NULL;
+            return 0;
+        }
+        int err = 0;
+        s = free_slot(w, p, &err);
+        if (err)
+            return err;
+        if (!s) {
+            if (p->meta) {
+                /* Write the evicted table now (lock dropped), then retry. */
+                return -EAGAIN;
+            }
+            pthread_cond_wait(&w->slot_cond, &w->lock);
+            continue;
+        }
+        s->l1_index = l1_index;
+        s->last_use = ++w->use_tick;
+        if (w->l1[l1_index] == 0) {
+            int r = alloc_cluster(w, &w->l1[l1_index]);
+            if (r < 0)
+                return r;
+            memset(s->buf, 0, w->cluster_size);
+            s->state = SLOT_READY;
+            s->dirty = true;
+            *slot = s;
+            return 0;
+        }
+        /* Read the table back from disk, outside the lock. */
+        s->state = SLOT_BUSY;
+        uint64_t off = w->l1[l1_index];
+        pthread_mutex_unlock(&w->lock);
+        int64_t n = blk_pread(&w->file, s->buf, w->cluster_size, off);
+        pthread_mutex_lock(&w->lock);
+        if (n >= 0 && n < (int64_t)w->cluster_size)
+            n = zerr(EIO, "cannot read back an L2 table of '%s': short read", w->file.path);
+        s->state = n < 0 ? SLOT_FREE : SLOT_READY;
+        s->dirty = false;
+        pthread_cond_broadcast(&w->slot_cond);
+        if (n < 0)
+            return (int)n;
+    }
+}
+
+/* ---- writes after the unlock ------------------------------------------------ */
+
+/* Write what an operation left: finished cache clusters, evicted L2
+ * tables, retired refcount blocks.  Called without the lock. */
+static int run_pending(struct writer *w, struct pending *p)
+{
+    int err = 0;
+    for (unsigned i = 0; i < p->n_finished; i++) {
+        int r = cw_write_finished(&w->cache, p->finished[i]);
+        if (r < 0 && !err)
+            err = r;
+    }
+    p->n_finished = 0;
+    while (p->meta) {
+        struct meta_write *m = p->meta;
+        p->meta = m->next;
+        int r = err ? err : blk_pwrite(&w->file, m->buf, w->cluster_size, m->offset);
+        if (r == 0)
+            blk_drop_range(&w->file, m->offset, w->cluster_size);
+        if (r < 0 && !err)
+            err = r;
+        if (m->slot) {
+            pthread_mutex_lock(&w->lock);
+            m->slot->state = SLOT_FREE;
+            m->slot->dirty = false;
+            pthread_cond_broadcast(&w->slot_cond);
+            pthread_mutex_unlock(&w->lock);
+        } else {
+            free(m->buf);
+        }
+        free(m);
+    }
+    return err ? fail(w, err) : 0;
+}
+
+static struct range *range_lock(struct writer *w, struct range *me, uint64_t start, uint64_t end)
+{
+    pthread_mutex_lock(&w->range_lock);
+    for (;;) {
+        bool overlap = false;
+        for (struct range *r = w->ranges; r; r = r->next)
+            if (r->start < end && start < r->end)
+                overlap = true;
+        if (!overlap)
+            break;
+        pthread_cond_wait(&w->range_cond, &w->range_lock);
+    }
+    me->start = start;
+    me->end = end;
+    me->next = w->ranges;
+    w->ranges = me;
+    pthread_mutex_unlock(&w->range_lock);
+    return me;
+}
+
+static void range_unlock(struct writer *w, struct range *me)
+{
+    pthread_mutex_lock(&w->range_lock);
+    struct range **pp = &w->ranges;
+    while (*pp != me)
+        pp = &(*pp)->next;
+    *pp = me->next;
+    pthread_cond_broadcast(&w->range_cond);
+    pthread_mutex_unlock(&w->range_lock);
+}
+
+/* Without the write cache: each chunk written where it lands.  Under
+ * O_DIRECT that is a read-modify-write of the aligned blocks around it,
+ * serialised against overlapping ones, as QEMU's block layer does. */
+static int write_uncached(struct writer *w, const void *data, uint32_t len, uint64_t off)
+{
+    if (!w->file.direct) {
+        int r = blk_pwrite(&w->file, data, len, off);
+        if (r == 0)
+            blk_drop_range(&w->file, off, len);
+        return r;
+    }
+    uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
+    uint64_t end = (off + len + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
+    uint8_t *buf = blk_alloc(end - start);
+    if (!buf)
+        return zerr(ENOMEM, "out of memory");
+    struct range me;
+    range_lock(w, &me, start, end);
+    int64_t n = blk_pread(&w->file, buf, end - start, start);
+    int r = n < 0 ? (int)n : 0;
+    if (r == 0) {
+        memset(buf + n, 0, end - start - (uint64_t)n);
+        memcpy(buf + (off - start), data, len);
+        r = blk_pwrite(&w->file, buf, end - start, start);
+    }
+    range_unlock(w, &me);
+    free(buf);
+    return r;
+}
+
+/* ---- the write path ----------------------------------------------------------- */
+
+static bool all_zero(const uint8_t *p, size_t len)
+{
+    /* Compare word by word: most data clusters differ in the first bytes. */
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        if (v)
+            return false;
+    }
+    for (; i < len; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
+static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
+{
+    if (off & (w->cluster_size - 1))
+        return zerr(EINVAL, "'%s': guest offset %llu is not cluster aligned", w->file.path,
+                    (unsigned long long)off);
+    if (off >= w->virtual_size || len == 0 || len > w->cluster_size ||
+        len > w->virtual_size - off)
+        return zerr(EINVAL, "'%s': write of %zu bytes at %llu is outside the image",
+                    w->file.path, len, (unsigned long long)off);
+    return 0;
+}
+
+enum store_kind { STORE_COMPRESSED, STORE_NORMAL, STORE_ZERO };
+
+/* Place one guest cluster: under the lock, allocate its bytes, set its L2
+ * entry and (compressed, cache on) copy the bytes into the cache; then,
+ * unlocked, write what must be written. */
+static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, const uint8_t *data,
+                 uint32_t len)
+{
+    uint32_t l2_entries = w->cluster_size / 8;
+    uint64_t gci = guest_off >> w->cluster_bits;
+    uint32_t l1_index = (uint32_t)(gci / l2_entries);
+    uint32_t l2_index = (uint32_t)(gci % l2_entries);
+    struct pending p = { .n_finished = 0 };
+    struct l2_slot *slot;
+    uint64_t host = 0;
+    int r;
+
+    pthread_mutex_lock(&w->lock);
+    for (;;) {
+        if (w->use_cache && kind == STORE_COMPRESSED)
+            cw_wait_for_room(&w->cache);
+        r = get_l2(w, l1_index, true, &p, &slot);
+        if (r != -EAGAIN)
+            break;
+        pthread_mutex_unlock(&w->lock);
+        r = run_pending(w, &p);
+        pthread_mutex_lock(&w->lock);
+        if (r < 0)
+            break;
+    }
+    if (r == 0 && qcow2_be64(slot->buf + 8 * l2_index) != 0)
+        r = zerr(EEXIST, "'%s': guest cluster at %llu written twice", w->file.path,
+                 (unsigned long long)guest_off);
+    if (r == 0) {
+        uint64_t entry = QCOW2_OFLAG_ZERO;
+        if (kind == STORE_COMPRESSED) {
+            r = alloc_bytes(w, len, &p, &host);
+            entry = qcow2_compressed_descriptor(w->cluster_bits, host, len);
+            if (r == 0 && w->use_cache)
+                r = cw_append(&w->cache, host, data, len, p.finished, &p.n_finished);
+        } else if (kind == STORE_NORMAL) {
+            r = alloc_cluster(w, &host);
+            entry = host | QCOW2_OFLAG_COPIED;
+        }
+        if (r == 0) {
+            qcow2_put_be64(slot->buf + 8 * l2_index, entry);
+            slot->dirty = true;
+            r = rc_retire(w, &p);
+        }
+    }
+    pthread_mutex_unlock(&w->lock);
+
+    if (r < 0 && r != -EEXIST) /* a caller's mistake loses no data */
+        fail(w, r);
+    int r2 = run_pending(w, &p);
+    if (r < 0 || r2 < 0)
+        return r < 0 ? r : r2;
+
+    if (kind == STORE_COMPRESSED && !w->use_cache)
+        r = write_uncached(w, data, len, host);
+    else if (kind == STORE_NORMAL) {
+        r = blk_pwrite(&w->file, data, w->cluster_size, host);
+        if (r == 0)
+            blk_drop_range(&w->file, host, w->cluster_size);
+    }
+    return r < 0 ? fail(w, r) : 0;
+}
+
+int writer_write_cluster(struct writer *w, uint64_t guest_off, const void *buf, size_t len)
+{
+    int r = sticky(w);
+    if (r || (r = check_guest_offset(w, guest_off, len)) < 0)
+        return r;
+    if (all_zero(buf, len)) {
+        atomic_fetch_add(&w->n_zero, 1);
+        /* Over a backing file, zeros must be stated; alone, a hole is zero. */
+        return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0) : 0;
+    }
+    struct tl_bufs *t = thread_bufs(w->cluster_size);
+    if (!t)
+        return fail(w, zerr(ENOMEM, "out of memory"));
+    const uint8_t *in = buf;
+    if (len < w->cluster_size) { /* the image's last cluster: pad with zeros */
+        memcpy(t->bounce, buf, len);
+        memset(t->bounce + len, 0, w->cluster_size - len);
+        in = t->bounce;
+    }
+    /* QEMU's rule: compressed data must be smaller than a cluster. */
+    int clen = codec_compress(w->type, w->level, in, w->cluster_size, t->out,
+                              w->cluster_size - 1);
+    if (clen > 0) {
+        atomic_fetch_add(&w->n_compressed, 1);
+        return store(w, guest_off, STORE_COMPRESSED, t->out, (uint32_t)clen);
+    }
+    if (clen != -ENOSPC)
+        return fail(w, zerr(-clen, "'%s': compression failed", w->file.path));
+    atomic_fetch_add(&w->n_normal, 1);
+    if (w->file.direct && ((uintptr_t)in & (BLK_ALIGN - 1))) {
+        memcpy(t->bounce, in, w->cluster_size);
+        in = t->bounce;
+    }
+    return store(w, guest_off, STORE_NORMAL, in, 0);
+}
+
+int writer_write_compressed(struct writer *w, uint64_t guest_off, const void *cdata, size_t clen)
+{
+    int r = sticky(w);
+    if (r || (r = check_guest_offset(w, guest_off, 1)) < 0)
+        return r;
+    if (clen == 0 || clen > w->cluster_size - 1)
+        return zerr(EINVAL, "'%s': compressed length %zu out of range", w->file.path, clen);
+    atomic_fetch_add(&w->n_compressed, 1);
+    return store(w, guest_off, STORE_COMPRESSED, cdata, (uint32_t)clen);
+}
+
+/* ---- reads (read-your-writes) ------------------------------------------------- */
+
+/* Read host bytes: from the write cache where they still are, else from
+ * the file (through an aligned bounce buffer under O_DIRECT). */
+static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
+{
+    while (len > 0) {
+        uint32_t n = 0;
+        if (w->use_cache) {
+            pthread_mutex_lock(&w->lock);
+            n = cw_read_cached(&w->cache, off, buf, len);
+            pthread_mutex_unlock(&w->lock);
+        }
+        if (n == 0) {
+            uint64_t cluster_end = ((off >> w->cluster_bits) + 1) << w->cluster_bits;
+            n = (uint32_t)(cluster_end - off < len ? cluster_end - off : len);
+            uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
+            uint64_t end = (off + n + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
+            uint8_t *b = blk_alloc(end - start);
+            if (!b)
+                return zerr(ENOMEM, "out of memory");
+            int64_t got = blk_pread(&w->file, b, end - start, start);
+            if (got < 0) {
+                free(b);
+                return (int)got;
+            }
+            memset(b + got, 0, end - start - (uint64_t)got);
+            memcpy(buf, b + (off - start), n);
+            free(b);
+        }
+        off += n;
+        buf += n;
+        len -= n;
+    }
+    return 0;
+}
+
+static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
+{
+    uint32_t l2_entries = w->cluster_size / 8;
+    struct pending p = { .n_finished = 0 };
+    struct l2_slot *slot;
+    uint64_t entry = 0;
+    int r;
+    pthread_mutex_lock(&w->lock);
+    while ((r = get_l2(w, (uint32_t)(gci / l2_entries), false, &p, &slot)) == -EAGAIN) {
+        pthread_mutex_unlock(&w->lock);
+        r = run_pending(w, &p);
+        pthread_mutex_lock(&w->lock);
+        if (r < 0)
+            break;
+    }
+    if (r == 0 && slot)
+        entry = qcow2_be64(slot->buf + 8 * (gci % l2_entries));
+    pthread_mutex_unlock(&w->lock);
+    int r2 = run_pending(w, &p);
+    if (r < 0 || r2 < 0)
+        return r < 0 ? r : r2;
+
+    if (entry == 0 || entry == QCOW2_OFLAG_ZERO) {
+        memset(out, 0, w->cluster_size);
+        return 0;
+    }
+    if (!(entry & QCOW2_OFLAG_COMPRESSED))
+        return read_host(w, entry & QCOW2_OFFSET_MASK, out, w->cluster_size);
+    uint64_t host, clen;
+    qcow2_decode_compressed(w->cluster_bits, entry, &host, &clen);
+    uint8_t *cbuf = malloc(clen);
+    if (!cbuf)
+        return zerr(ENOMEM, "out of memory");
+    r = read_host(w, host, cbuf, (uint32_t)clen);
+    if (r == 0 && codec_decompress(w->type, cbuf, clen, out, w->cluster_size) < 0)
+        r = zerr(EIO, "'%s': cannot decompress the cluster at guest offset %llu",
+                 w->file.path, (unsigned long long)(gci << w->cluster_bits));
+    free(cbuf);
+    return r;
+}
+
+int writer_read(struct writer *w, uint64_t offset, void *buf, size_t len)
+{
+    int r = sticky(w);
+    if (r)
+        return r;
+    if (offset > w->virtual_size || len > w->virtual_size - offset)
+        return zerr(EINVAL, "'%s': read beyond the end of the image", w->file.path);
+    uint8_t *cluster = malloc(w->cluster_size);
+    if (!cluster)
+        return zerr(ENOMEM, "out of memory");
+    uint8_t *p = buf;
+    while (len > 0 && r == 0) {
+        uint64_t gci = offset >> w->cluster_bits;
+        uint32_t at = (uint32_t)(offset & (w->cluster_size - 1));
+        size_t n = w->cluster_size - at < len ? w->cluster_size - at : len;
+        r = read_cluster(w, gci, cluster);
+        memcpy(p, cluster + at, n);
+        p += n;
+        offset += n;
+        len -= n;
+    }
+    free(cluster);
+    return r;
+}
+
+int writer_flush(struct writer *w)
+{
+    int r = sticky(w);
+    if (r)
+        return r;
+    if (w->use_cache && (r = cw_flush(&w->cache)) < 0)
+        return fail(w, r);
+    if ((r = blk_fsync(&w->file)) < 0)
+        return fail(w, r);
+    return 0;
+}
+
+/* ---- create ------------------------------------------------------------------- */
+
+static int validate(const char *path, const struct zcow_create_options *o, unsigned *bits)
+{
+    uint32_t cs = o->cluster_size ? o->cluster_size : 65536;
+    if (cs & (cs - 1) || cs < (1u << ZCOW_MIN_CLUSTER_BITS) ||
+        cs > (1u << QCOW2_MAX_CLUSTER_BITS))
+        return zerr(EINVAL, "'%s': cluster size %u is not a power of two from 4 KiB to 2 MiB",
+                    path, cs);
+    *bits = (unsigned)__builtin_ctz(cs);
+    if (o->compression_type != ZCOW_COMPRESSION_ZLIB &&
+        o->compression_type != ZCOW_COMPRESSION_ZSTD)
+        return zerr(EINVAL, "'%s': unknown compression type %d", path, o->compression_type);
+    if (codec_resolve_level(o->compression_type, o->level) < 0)
+        return zerr(EINVAL, "'%s': level %d out of range for %s (%d..%d)", path, o->level,
+                    o->compression_type ? "zstd" : "zlib", o->compression_type ? 1 : 0,
+                    o->compression_type ? CODEC_ZSTD_MAX_LEVEL : CODEC_ZLIB_MAX_LEVEL);
+    if (o->cache_mode != ZCOW_CACHE_NONE && o->cache_mode != ZCOW_CACHE_WRITEBACK)
+        return zerr(EINVAL, "'%s': unknown cache mode %d", path, o->cache_mode);
+    if (o->virtual_size == 0 || o->virtual_size % 512)
+        return zerr(EINVAL, "'%s': virtual size %llu is not a positive multiple of 512", path,
+                    (unsigned long long)o->virtual_size);
+    uint64_t l2_span = (uint64_t)cs * (cs / 8);
+    uint64_t l1_entries = (o->virtual_size + l2_span - 1) / l2_span;
+    if (l1_entries > QCOW2_MAX_L1_BYTES / 8)
+        return zerr(EFBIG, "'%s': virtual size %llu is beyond qcow2's limit for %u-byte "
+                    "clusters (%llu bytes)", path, (unsigned long long)o->virtual_size, cs,
+                    (unsigned long long)(QCOW2_MAX_L1_BYTES / 8 * l2_span));
+    if (o->backing_file && strlen(o->backing_file) > 1023)
+        return zerr(EINVAL, "'%s': backing file name too long", path);
+    return 0;
+}
+
+static void writer_free(struct writer *w)
+{
+    cw_free(&w->cache);
+    for (unsigned i = 0; i < w->n_slots; i++)
+        free(w->slots[i].buf);
+    free(w->slots);
+    for (unsigned i = 0; i < w->rc_n; i++)
+        free(w->rc_blocks[i]);
+    free(w->rc_blocks);
+    free(w->reftable);
+    free(w->l1);
+    free(w->backing_file);
+    free(w->backing_format);
+    blk_close(&w->file);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->slot_cond);
+    pthread_mutex_destroy(&w->range_lock);
+    pthread_cond_destroy(&w->range_cond);
+    free(w);
+}
+
+int writer_create(const char *path, const struct zcow_create_options *o, struct writer **out)
+{
+    unsigned bits = 0;
+    *out = NULL;
+    int r = validate(path, o, &bits);
+    if (r < 0)
+        return r;
+    struct writer *w = calloc(1, sizeof(*w));
+    if (!w)
+        return zerr(ENOMEM, "out of memory");
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->slot_cond, NULL);
+    pthread_mutex_init(&w->range_lock, NULL);
+    pthread_cond_init(&w->range_cond, NULL);
+    w->file.fd = -1;
+    w->cluster_bits = bits;
+    w->cluster_size = 1u << bits;
+    w->virtual_size = o->virtual_size;
+    w->type = o->compression_type;
+    w->level = codec_resolve_level(o->compression_type, o->level);
+    w->use_cache = o->write_cache != 0;
+    w->rc_entries = (uint64_t)w->cluster_size * 8 >> REFCOUNT_ORDER;
+    uint64_t l2_span = (uint64_t)w->cluster_size * (w->cluster_size / 8);
+    w->l1_size = (uint32_t)((o->virtual_size + l2_span - 1) / l2_span);
+    w->l1 = calloc(w->l1_size, sizeof(*w->l1));
+    w->n_slots = L2_SLOTS_BYTES / w->cluster_size;
+    if (w->n_slots < MIN_L2_SLOTS)
+        w->n_slots = MIN_L2_SLOTS;
+    if (w->n_slots > MAX_L2_SLOTS)
+        w->n_slots = MAX_L2_SLOTS;
+    w->slots = calloc(w->n_slots, sizeof(*w->slots));
+    if (!w->l1 || !w->slots) {
+        writer_free(w);
+        return zerr(ENOMEM, "out of memory");
+    }
+    for (unsigned i = 0; i < w->n_slots; i++)
+        if (!(w->slots[i].buf = blk_alloc(w->cluster_size))) {
+            writer_free(w);
+            return zerr(ENOMEM, "out of memory");
+        }
+    if (o->backing_file) {
+        w->backing_file = strdup(o->backing_file);
+        w->backing_format = strdup(o->backing_format ? o->backing_format : "qcow2");
+    }
+    r = blk_create(&w->file, path, o->cache_mode == ZCOW_CACHE_NONE, o->drop_pages != 0,
+                   o->atomic != 0);
+    if (r < 0) {
+        writer_free(w);
+        return r;
+    }
+    unsigned cache_clusters = o->cache_clusters ? o->cache_clusters : CACHE_BYTES / w->cluster_size;
+    if (w->use_cache && (r = cw_init(&w->cache, &w->lock, &w->file, bits, cache_clusters)) < 0) {
+        writer_free(w);
+        return r;
+    }
+    /* Cluster 0 is the header: counted now, written at close. */
+    uint64_t header;
+    if ((r = alloc_cluster(w, &header)) < 0) {
+        writer_free(w);
+        return r;
+    }
+    *out = w;
+    return 0;
+}
+
+/* ---- close -------------------------------------------------------------------- */
+
+static int write_zeroed_tail(struct writer *w, const void *data, size_t len, uint64_t off,
+                             size_t clusters)
+{
+    size_t total = clusters << w->cluster_bits;
+    uint8_t *buf = blk_zalloc(total);
+    if (!buf)
+        return zerr(ENOMEM, "out of memory");
+    memcpy(buf, data, len);
+    int r = blk_pwrite(&w->file, buf, total, off);
+    if (r == 0)
+        blk_drop_range(&w->file, off, total);
+    free(buf);
+    return r;
+}
+
+/* Append the L1 table, the last refcount blocks and the refcount table,
+ * then the header.  Single-threaded: no other call may run now. */
+static int finalize(struct writer *w)
+{
+    struct pending p = { .n_finished = 0 };
+    int r;
+    abandon_compressed(w, &p);
+    if ((r = run_pending(w, &p)) < 0)
+        return r;
+    for (unsigned i = 0; i < w->n_slots; i++) {
+        struct l2_slot *s = &w->slots[i];
+        if (s->state == SLOT_READY && s->dirty) {
+            r = blk_pwrite(&w->file, s->buf, w->cluster_size, w->l1[s->l1_index]);
+            if (r < 0)
+                return r;
+            blk_drop_range(&w->file, w->l1[s->l1_index], w->cluster_size);
+        }
+    }
+
+    /* L1 table. */
+    size_t l1_bytes = (size_t)w->l1_size * 8;
+    size_t l1_clusters = (l1_bytes + w->cluster_size - 1) >> w->cluster_bits;
+    if (l1_clusters == 0)
+        l1_clusters = 1;
+    uint64_t l1_offset = 0, off;
+    for (size_t i = 0; i < l1_clusters; i++) {
+        if ((r = alloc_cluster(w, &off)) < 0)
+            return r;
+        if (i == 0)
+            l1_offset = off;
+    }
+    uint64_t *l1 = malloc(l1_bytes ? l1_bytes : 8);
+    if (!l1)
+        return zerr(ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < w->l1_size; i++)
+        qcow2_put_be64(&l1[i], w->l1[i] ? w->l1[i] | QCOW2_OFLAG_COPIED : 0);
+    r = write_zeroed_tail(w, l1, l1_bytes, l1_offset, l1_clusters);
+    free(l1);
+    if (r < 0)
+        return r;
+    if ((r = rc_retire(w, &p)) < 0 || (r = run_pending(w, &p)) < 0)
+        return r;
+
+    /* The refcount table and the blocks still in memory, which must count
+     * themselves and the table: find sizes that agree. */
+    uint64_t first_free = w->next_cluster, u = w->rc_first;
+    uint64_t table_clusters = 1, blocks = 0, n_blocks;
+    for (;;) {
+        uint64_t total = first_free + table_clusters + blocks;
+        n_blocks = (total + w->rc_entries - 1) / w->rc_entries;
+        uint64_t need_table = (n_blocks * 8 + w->cluster_size - 1) >> w->cluster_bits;
+        uint64_t need_blocks = n_blocks - u;
+        if (need_table <= table_clusters && need_blocks == blocks)
+            break;
+        if (need_table > table_clusters)
+            table_clusters = need_table;
+        blocks = need_blocks;
+    }
+    if (table_clusters * w->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
+        return zerr(EFBIG, "'%s': image too large for a refcount table", w->file.path);
+    uint64_t table_offset = first_free << w->cluster_bits;
+    for (uint64_t i = 0; i < table_clusters + blocks; i++)
+        if ((r = alloc_cluster(w, &off)) < 0)
+            return r;
+    for (uint64_t b = u; b < n_blocks; b++) {
+        uint64_t boff = (first_free + table_clusters + (b - u)) << w->cluster_bits;
+        uint8_t *blk = rc_block(w, b * w->rc_entries);
+        if (!blk || (r = reftable_set(w, b, boff)) < 0)
+            return blk ? r : zerr(ENOMEM, "out of memory");
+        if ((r = blk_pwrite(&w->file, blk, w->cluster_size, boff)) < 0)
+            return r;
+        blk_drop_range(&w->file, boff, w->cluster_size);
+    }
+    uint64_t *table = calloc(table_clusters, w->cluster_size);
+    if (!table)
+        return zerr(ENOMEM, "out of memory");
+    for (uint64_t b = 0; b < n_blocks; b++)
+        qcow2_put_be64(&table[b], w->reftable[b]);
+    r = write_zeroed_tail(w, table, table_clusters * w->cluster_size, table_offset,
+                          table_clusters);
+    free(table);
+    if (r < 0)
+        return r;
+
+    /* The header, last: until now cluster 0 held zeros, not an image. */
+    struct qcow2_header h = {
+        .magic = QCOW2_MAGIC,
+        .version = 3,
+        .cluster_bits = w->cluster_bits,
+        .size = w->virtual_size,
+        .l1_size = w->l1_size,
+        .l1_table_offset = l1_offset,
+        .refcount_table_offset = table_offset,
+        .refcount_table_clusters = (uint32_t)table_clusters,
+        .incompatible_features = w->type == ZCOW_COMPRESSION_ZSTD ? QCOW2_INCOMPAT_COMPRESSION : 0,
+        .refcount_order = REFCOUNT_ORDER,
+        .header_length = QCOW2_HEADER_V3_LEN,
+        .compression_type = (uint8_t)w->type,
+    };
+    uint8_t *hbuf = blk_zalloc(w->cluster_size);
+    if (!hbuf)
+        return zerr(ENOMEM, "out of memory");
+    int ext = qcow2_write_extensions(hbuf + QCOW2_HEADER_V3_LEN,
+                                     w->cluster_size - QCOW2_HEADER_V3_LEN, w->backing_format);
+    if (ext >= 0 && w->backing_file) {
+        size_t name_len = strlen(w->backing_file);
+        h.backing_file_offset = QCOW2_HEADER_V3_LEN + (uint64_t)ext;
+        h.backing_file_size = (uint32_t)name_len;
+        if (h.backing_file_offset + name_len > w->cluster_size)
+            ext = -ENOSPC;
+        else
+            memcpy(hbuf + h.backing_file_offset, w->backing_file, name_len);
+    }
+    if (ext < 0) {
+        free(hbuf);
+        return zerr(ENOSPC, "'%s': header does not fit in a cluster", w->file.path);
+    }
+    qcow2_header_encode(&h, hbuf);
+    r = blk_pwrite(&w->file, hbuf, w->cluster_size, 0);
+    free(hbuf);
+    return r;
+}
+
+int writer_close(struct writer *w)
+{
+    int r = sticky(w);
+    if (r == 0)
+        r = finalize(w);
+    if (r == 0)
+        r = blk_commit(&w->file);
+    writer_free(w); /* removes an uncommitted temporary file */
+    return r;
+}
+
+void writer_abort(struct writer *w) { writer_free(w); }
+
+int writer_get_info(struct writer *w, struct zcow_info *info)
+{
+    memset(info, 0, sizeof(*info));
+    info->format = "qcow2";
+    info->virtual_size = w->virtual_size;
+    info->cluster_size = w->cluster_size;
+    info->version = 3;
+    info->compression_type = w->type;
+    info->refcount_bits = 1 << REFCOUNT_ORDER;
+    info->clusters_compressed = atomic_load(&w->n_compressed);
+    info->clusters_normal = atomic_load(&w->n_normal);
+    info->clusters_zero = atomic_load(&w->n_zero);
+    info->clusters_allocated = info->clusters_compressed + info->clusters_normal;
+    pthread_mutex_lock(&w->lock);
+    info->file_size = w->next_cluster << w->cluster_bits;
+    pthread_mutex_unlock(&w->lock);
+    struct stat st;
+    if (fstat(w->file.fd, &st) == 0)
+        info->actual_size = (uint64_t)st.st_blocks * 512;
+    info->backing_file = w->backing_file;
+    info->backing_format = w->backing_format;
+    return 0;
+}
