@@ -196,6 +196,67 @@ ZCOW_API void zcow_convert_options_init(struct zcow_convert_options *opts);
 ZCOW_API int zcow_convert(const struct zcow_convert_options *opts,
                           struct zcow_convert_stats *stats);
 
+/* ---- Checking and comparing (zcow check, zcow compare) ---------------- */
+
+/* What zcow_check() found, counted as `qemu-img check` counts them. */
+struct zcow_check_result {
+    uint64_t corruptions;         /* errors: exit 2 */
+    uint64_t leaks;               /* stored refcount > references: exit 3 */
+    uint64_t check_errors;        /* parts that could not be checked: exit 1 */
+    uint64_t total_clusters;      /* guest clusters of the virtual size */
+    uint64_t allocated_clusters;  /* of the active L1 table */
+    uint64_t fragmented_clusters;
+    uint64_t compressed_clusters;
+    uint64_t image_end_offset;    /* end of the last used host cluster */
+    uint64_t decompress_failures; /* with ZCOW_CHECK_DECOMPRESS; also
+                                     counted in corruptions */
+    int marked_corrupt;           /* incompatible feature bit 1 is set */
+    int marked_dirty;             /* incompatible feature bit 0 is set */
+    uint32_t cluster_size;
+};
+
+enum {
+    /* Also decompress every compressed cluster; failures are corruptions. */
+    ZCOW_CHECK_DECOMPRESS = 1u << 0,
+};
+
+/* Called once for every finding, with one line in qemu-img's wording
+ * ("ERROR cluster 5 refcount=0 reference=1"), without a newline. */
+typedef void zcow_check_report_fn(void *opaque, const char *line);
+
+/* Check the metadata of the qcow2 image at PATH as `qemu-img check` does:
+ * rebuild the refcounts from the header, L1/L2 tables (the snapshots'
+ * too), refcount structures, snapshot table and bitmaps, and compare them
+ * with the stored ones.  REPORT (may be NULL) receives each finding.
+ * Returns 0 when the check ran (RES says what it found; check_errors may
+ * still be nonzero), or a negative errno when it could not run: -EINVAL
+ * not a qcow2 image zcow can check, -ENOTSUP unsupported feature,
+ * -EFBIG file too large to check in bounded memory, file errors.
+ * Memory is bounded by the file size (at most about 1 GiB of counters).
+ * Thread-safe: independent calls may run at once. */
+ZCOW_API int zcow_check(const char *path, unsigned flags, zcow_check_report_fn *report,
+                        void *opaque, struct zcow_check_result *res);
+
+/* Results of zcow_compare_images() and zcow_compare(). */
+enum {
+    ZCOW_COMPARE_IDENTICAL = 0,
+    ZCOW_COMPARE_CONTENT = 1,   /* *MISMATCH_OFFSET: first differing 512-byte
+                                   sector, as qemu-img compare reports it */
+    ZCOW_COMPARE_SIZE = 2,      /* strict mode: virtual sizes differ */
+};
+
+/* Compare the guest contents of two images opened with zcow_open().
+ * Bytes beyond the end of the shorter image must be zero, unless STRICT,
+ * where different sizes are a mismatch.  Reads in large blocks on a few
+ * threads.  Returns a ZCOW_COMPARE_* value, or a negative errno when a
+ * read fails.  The handles may be used by other readers meanwhile. */
+ZCOW_API int zcow_compare_images(zcow_image *a, zcow_image *b, int strict,
+                                 uint64_t *mismatch_offset);
+
+/* The same, opening A and B (FA, FB: "raw", "qcow2" or NULL to probe). */
+ZCOW_API int zcow_compare(const char *a, const char *fa, const char *b, const char *fb,
+                          int strict, uint64_t *mismatch_offset);
+
 #ifdef __cplusplus
 }
 #endif
