@@ -912,7 +912,9 @@ static int open_image(const char *path, const char *format, int direct, struct c
     e = host_read(r, first, BLK_ALIGN, 0);
     bool magic = e >= 0 && first_len >= 4 && qcow2_be32(first) == QCOW2_MAGIC;
     if (e >= 0) {
-        if (format ? !strcmp(format, "qcow2") : magic) {
+        if (format && !strcmp(format, "qcow2") && !magic) {
+            e = fail(c, EINVAL, "not a qcow2 image (bad magic)");
+        } else if (format ? !strcmp(format, "qcow2") : magic) {
             r->qcow2 = true;
             e = open_qcow2(r, first, first_len, direct, c);
         } else {
