@@ -18,7 +18,8 @@ static void usage(FILE *f)
             "\n"
             "  -f FMT    format of IMAGE1: raw or qcow2 (default: probe)\n"
             "  -F FMT    format of IMAGE2\n"
-            "  -s        strict: images of different sizes differ\n"
+            "  -s        strict: images of different sizes differ (unlike qemu-img,\n"
+            "            allocation status is not compared)\n"
             "  -q        quiet: no output, only the exit status\n"
             "\n"
             "exit status: 0 identical, 1 different, 2 cannot open, 4 read error\n");
