@@ -27,6 +27,18 @@
 #include <time.h>
 #include <unistd.h>
 
+/* Built with a sanitizer: loops that only add volume may run shorter. */
+#if defined(__SANITIZE_THREAD__) || defined(__SANITIZE_ADDRESS__)
+#define UNIT_SANITIZED 1
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer) || __has_feature(address_sanitizer)
+#define UNIT_SANITIZED 1
+#endif
+#endif
+#ifndef UNIT_SANITIZED
+#define UNIT_SANITIZED 0
+#endif
+
 /* Print at most this many failures: a broken loop must not drown the log. */
 #define UNIT_MAX_REPORTS 50
 
