@@ -645,12 +645,16 @@ static int walk_l2(struct check *c, const struct l2ref *t)
     uint64_t refs = t->refs, act = t->active;
     if (l2_off >= c->file_len)
         return 0; /* reads as zero: nothing allocated */
-    int r = read_at(c, c->cluster_buf, c->cs, l2_off);
+    /* Entries past the end of the file read as zero: skip them. */
+    uint64_t n = (c->file_len - l2_off + c->l2_esize - 1) / c->l2_esize;
+    if (n > c->l2_entries)
+        n = c->l2_entries;
+    int r = read_at(c, c->cluster_buf, n * c->l2_esize, l2_off);
     if (r < 0)
         return r;
     struct zcow_check_result *res = c->res;
     uint64_t next_contiguous = 0;
-    for (uint64_t i = 0; i < c->l2_entries; i++) {
+    for (uint64_t i = 0; i < n; i++) {
         const uint8_t *p = c->cluster_buf + i * c->l2_esize;
         uint64_t e = qcow2_be64(p);
         uint64_t bm = c->ext_l2 ? qcow2_be64(p + 8) : 0;
