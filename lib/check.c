@@ -669,7 +669,7 @@ static int walk_l2(struct check *c, const struct l2ref *t)
         case T_COMPRESSED: {
             if (e & QCOW2_OFLAG_COPIED) {
                 note(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for "
-                        "compressed clusters", e & ((1ull << qcow2_csize_shift(c->cb)) - 1));
+                        "compressed clusters", (uint64_t)(e & ((1ull << qcow2_csize_shift(c->cb)) - 1)));
                 res->corruptions += refs;
                 e &= ~QCOW2_OFLAG_COPIED;
             }
