@@ -78,3 +78,36 @@ clean:
 	rm -rf build build-*
 
 .PHONY: all tests check demo bench clean
+
+# Fuzzing (libFuzzer, tests/fuzz/): the library is rebuilt with clang,
+# coverage and ASan+UBSan into build-fuzz/ and linked into each target.
+# `make fuzz` runs every target FUZZ_TIME seconds (60), `make fuzz-quick`
+# 5 s each (for tests/run.sh); both fail on a crash.
+FUZZ_CC ?= clang
+FUZZ_BUILD := build-fuzz
+FUZZ_TIME ?= 60
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -g -O1 -fno-omit-frame-pointer $(WARN) \
+               -fsanitize=address,undefined -fno-sanitize-recover=all \
+               -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
+FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
+FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
+
+$(FUZZ_BUILD)/lib/%.o: lib/%.c $(wildcard include/*.h lib/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
+
+$(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_LIB_OBJ) $(LIBS)
+
+fuzz-build: $(FUZZ_BIN)
+
+.SECONDARY: $(FUZZ_LIB_OBJ)
+
+fuzz: fuzz-build
+	tests/fuzz/run.sh $(FUZZ_TIME)
+
+fuzz-quick: fuzz-build
+	tests/fuzz/run.sh 5
+
+.PHONY: fuzz-build fuzz fuzz-quick

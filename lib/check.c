@@ -774,7 +774,8 @@ static int walk_snapshots(struct check *c)
         }
         c->snaps[n++] = s;
     }
-    qsort(c->snaps, n, sizeof(*c->snaps), cmp_snap);
+    if (n > 1)
+        qsort(c->snaps, n, sizeof(*c->snaps), cmp_snap);
     for (uint32_t i = 0; i < n;) {
         uint32_t j = i + 1;
         while (j < n && !cmp_snap(&c->snaps[i], &c->snaps[j]))
@@ -793,7 +794,8 @@ static int walk_l2_tables(struct check *c)
     for (uint64_t i = 0; i < c->l2map_cap; i++)
         if (c->l2map[i].key)
             c->l2map[n++] = c->l2map[i];
-    qsort(c->l2map, n, sizeof(*c->l2map), cmp_l2ref); /* read in file order */
+    if (n > 1)
+        qsort(c->l2map, n, sizeof(*c->l2map), cmp_l2ref); /* read in file order */
     for (uint64_t i = 0; i < n; i++) {
         int r = walk_l2(c, &c->l2map[i]);
         if (r < 0)
