@@ -668,8 +668,9 @@ static int walk_l2(struct check *c, const struct l2ref *t)
         switch (type) {
         case T_COMPRESSED: {
             if (e & QCOW2_OFLAG_COPIED) {
+                uint64_t coff_mask = (1ull << qcow2_csize_shift(c->cb)) - 1;
                 note(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for "
-                        "compressed clusters", (uint64_t)(e & ((1ull << qcow2_csize_shift(c->cb)) - 1)));
+                        "compressed clusters", (uint64_t)(e & coff_mask));
                 res->corruptions += refs;
                 e &= ~QCOW2_OFLAG_COPIED;
             }

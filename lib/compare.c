@@ -123,7 +123,8 @@ static void *worker(void *arg)
 {
     struct cmp *c = arg;
     uint8_t *ba = NULL, *bb = NULL;
-    if (posix_memalign((void **)&ba, 4096, CMP_BLOCK) || posix_memalign((void **)&bb, 4096, CMP_BLOCK)) {
+    if (posix_memalign((void **)&ba, 4096, CMP_BLOCK) ||
+        posix_memalign((void **)&bb, 4096, CMP_BLOCK)) {
         record_error(c, zerr(ENOMEM, "out of memory"), 0);
         goto out;
     }
