@@ -79,6 +79,13 @@ ZCOW_API int zcow_create(const char *path, const struct zcow_create_options *opt
 ZCOW_API int zcow_write_cluster(zcow_image *img, uint64_t guest_offset,
                                 const void *buf, size_t len);
 
+/* Write LEN bytes of guest data at GUEST_OFFSET (cluster aligned), cluster
+ * by cluster as zcow_write_cluster() does; LEN is a multiple of the
+ * cluster size, or reaches the end of the image.  Runs of incompressible
+ * clusters are stored with one write (straight from BUF when BUF is
+ * 4 KiB aligned). */
+ZCOW_API int zcow_write(zcow_image *img, uint64_t guest_offset, const void *buf, size_t len);
+
 /* Write one guest cluster whose data is already compressed in the image's
  * compression type (CLEN <= cluster_size - 1), e.g. copied from another
  * image: stored as it is. */

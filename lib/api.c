@@ -62,9 +62,18 @@ int zcow_open(const char *path, const char *format, int direct, zcow_image **out
 static int not_writable(void) { return zerr(EBADF, "image is open read-only"); }
 static int not_readable(void) { return zerr(ENOTSUP, "not supported on an image being written"); }
 
+int zcow_write(zcow_image *img, uint64_t off, const void *buf, size_t len)
+{
+    return img->w ? writer_write(img->w, off, buf, len) : not_writable();
+}
+
 int zcow_write_cluster(zcow_image *img, uint64_t off, const void *buf, size_t len)
 {
-    return img->w ? writer_write_cluster(img->w, off, buf, len) : not_writable();
+    if (!img->w)
+        return not_writable();
+    if (len > writer_cluster_size(img->w))
+        return zerr(EINVAL, "zcow_write_cluster: %zu bytes is more than a cluster", len);
+    return writer_write(img->w, off, buf, len);
 }
 
 int zcow_write_compressed(zcow_image *img, uint64_t off, const void *cdata, size_t clen)

@@ -4,16 +4,19 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "error.h"
 #include "fault.h"
+#include "zcow.h"
 
 /* Temporary files of this process, for removal from signal handlers:
  * slots hold strdup'ed paths, taken and released with atomic exchanges. */
@@ -185,6 +188,34 @@ int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
         p += n;
         len -= (size_t)n;
         off += (uint64_t)n;
+    }
+    return 0;
+}
+
+int blk_pwritev(struct blk *b, struct iovec *iov, int iovcnt, uint64_t off)
+{
+    while (iovcnt > 0) {
+        ssize_t n = fault_pwritev(b->fd, iov, iovcnt > IOV_MAX ? IOV_MAX : iovcnt, (off_t)off);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            return zerr_sys(errno, "cannot write to '%s' at offset %llu", b->path,
+                            (unsigned long long)off);
+        }
+        if (n == 0)
+            return zerr(EIO, "cannot write to '%s' at offset %llu: no progress", b->path,
+                        (unsigned long long)off);
+        off += (uint64_t)n;
+        /* Skip what was written; a short write resumes mid-buffer. */
+        while (iovcnt > 0 && (size_t)n >= iov->iov_len) {
+            n -= (ssize_t)iov->iov_len;
+            iov++;
+            iovcnt--;
+        }
+        if (iovcnt > 0 && n > 0) {
+            iov->iov_base = (char *)iov->iov_base + n;
+            iov->iov_len -= (size_t)n;
+        }
     }
     return 0;
 }

@@ -36,6 +36,10 @@ int blk_create(struct blk *b, const char *path, bool direct, bool drop_pages, bo
 /* Write all of LEN bytes at OFF (retrying short writes and EINTR). */
 int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off);
 
+/* Write the IOVCNT buffers of IOV back to back at OFF, all of them. */
+struct iovec;
+int blk_pwritev(struct blk *b, struct iovec *iov, int iovcnt, uint64_t off);
+
 /* Read up to LEN bytes at OFF; returns the count (short only at end of
  * file) or a negative errno. */
 int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off);

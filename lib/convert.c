@@ -92,12 +92,7 @@ static int convert_range(struct job *j, uint64_t off, uint64_t len, uint8_t *buf
     int r = ops->pread(j->src, buf, io, off);
     if (r < 0)
         return r;
-    for (uint64_t c = off; c < end; c += j->cluster_size) {
-        uint64_t n = end - c < j->cluster_size ? end - c : j->cluster_size;
-        if ((r = zcow_write_cluster(j->img, c, buf + (c - off), n)) < 0)
-            return r;
-    }
-    return 0;
+    return zcow_write(j->img, off, buf, len);
 }
 
 /* One segment: split into data and zero extents at cluster granularity

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 
 #include "error.h"
 
@@ -20,9 +21,14 @@ int cw_init(struct cwcache *c, pthread_mutex_t *lock, struct blk *file, unsigned
     c->file = file;
     c->cluster_bits = cluster_bits;
     c->cluster_size = 1u << cluster_bits;
-    /* One append touches at most two clusters; the open one plus the two
-     * it may finish must fit. */
-    c->max_clusters = max_clusters < 3 ? 3 : max_clusters;
+    /* About 1 MiB per write; for big clusters, one cluster. */
+    c->run_max = (1u << 20) >> cluster_bits;
+    if (c->run_max == 0)
+        c->run_max = 1;
+    /* A run being gathered, the open cluster and one more must fit. */
+    if (max_clusters < c->run_max + 2)
+        max_clusters = c->run_max + 2;
+    c->max_clusters = max_clusters;
     c->hash_size = 64;
     while (c->hash_size < c->max_clusters * 2)
         c->hash_size *= 2;
@@ -89,24 +95,54 @@ void cw_wait_for_room(struct cwcache *c)
         pthread_cond_wait(&c->cond, c->lock);
 }
 
-void cw_close_open(struct cwcache *c, struct cw_cluster **finished, unsigned *n_finished)
+/* Hand the run being gathered out for writing. */
+static void hand_out_run(struct cwcache *c, struct cw_ready *ready)
 {
-    if (!c->open)
+    if (!c->run.n)
         return;
-    c->open->final = true;
-    finished[(*n_finished)++] = c->open;
+    ready->runs[ready->n++] = c->run;
+    c->run.first = NULL;
+    c->run.n = 0;
+    c->run_last = NULL;
+}
+
+/* CL is finished: add it to the run, or start a new run if it does not
+ * follow the run's last cluster. */
+static void finish(struct cwcache *c, struct cw_cluster *cl, struct cw_ready *ready)
+{
+    cl->final = true;
+    if (c->run.n && c->run_last->index + 1 != cl->index)
+        hand_out_run(c, ready);
+    if (c->run.n)
+        c->run_last->run_next = cl;
+    else
+        c->run.first = cl;
+    c->run_last = cl;
+    c->run.n++;
+    /* A cluster not full to its end ends the run: a write never carries
+     * the unused tail of a cluster in its middle. */
+    if (c->run.n >= c->run_max || cl->end < c->cluster_size)
+        hand_out_run(c, ready);
+}
+
+void cw_close_open(struct cwcache *c, struct cw_ready *ready)
+{
+    if (c->open)
+        finish(c, c->open, ready);
     c->open = NULL;
+    hand_out_run(c, ready); /* the allocator went elsewhere */
 }
 
 int cw_append(struct cwcache *c, uint64_t offset, const void *data, uint32_t len,
-              struct cw_cluster **finished, unsigned *n_finished)
+              struct cw_ready *ready)
 {
     const uint8_t *p = data;
     while (len > 0) {
         uint64_t index = offset >> c->cluster_bits;
         uint32_t at = (uint32_t)(offset & (c->cluster_size - 1));
         if (!c->open || c->open->index != index) {
-            cw_close_open(c, finished, n_finished);
+            if (c->open)
+                cw_close_open(c, ready);
             if (at != 0) /* the allocator starts new clusters at their start */
                 return zerr(EIO, "internal error: write cache append at %llu out of order",
                             (unsigned long long)offset);
@@ -121,8 +157,10 @@ int cw_append(struct cwcache *c, uint64_t offset, const void *data, uint32_t len
         uint32_t n = c->cluster_size - at < len ? c->cluster_size - at : len;
         memcpy(c->open->buf + at, p, n);
         c->open->end = at + n;
-        if (c->open->end == c->cluster_size)
-            cw_close_open(c, finished, n_finished);
+        if (c->open->end == c->cluster_size) { /* full: the next may follow it */
+            finish(c, c->open, ready);
+            c->open = NULL;
+        }
         p += n;
         offset += n;
         len -= n;
@@ -138,28 +176,51 @@ static uint32_t used_length(const struct cwcache *c, uint32_t end)
     return len < c->cluster_size ? len : c->cluster_size;
 }
 
-int cw_write_finished(struct cwcache *c, struct cw_cluster *cl)
+int cw_write_run(struct cwcache *c, const struct cw_run *run)
 {
+    struct iovec iov_small[16];
+    struct iovec *iov = run->n <= 16 ? iov_small : calloc(run->n, sizeof(*iov));
+    int err = iov ? 0 : zerr(ENOMEM, "out of memory");
+
     pthread_mutex_lock(c->lock);
-    while (cl->flushing) /* never write around a flush of the same cluster */
-        pthread_cond_wait(&c->cond, c->lock);
-    int err = c->error;
+    /* Never write around a flush of the same cluster. */
+    for (struct cw_cluster *cl = run->first; cl; cl = cl->run_next)
+        while (cl->flushing)
+            pthread_cond_wait(&c->cond, c->lock);
+    if (!err)
+        err = c->error;
     pthread_mutex_unlock(c->lock);
 
-    uint64_t start = cl->index << c->cluster_bits;
-    uint32_t len = used_length(c, cl->end);
-    if (!err) {
+    uint64_t start = run->first->index << c->cluster_bits;
+    uint64_t total = 0;
+    unsigned i = 0;
+    for (struct cw_cluster *cl = run->first; i < run->n; cl = cl->run_next, i++) {
+        uint32_t len = used_length(c, cl->end);
         memset(cl->buf + cl->end, 0, len - cl->end);
-        err = blk_pwrite(c->file, cl->buf, len, start);
-        if (!err)
-            blk_drop_range(c->file, start, len);
+        if (iov) {
+            iov[i].iov_base = cl->buf;
+            iov[i].iov_len = len;
+        }
+        total += len;
     }
+    if (!err) {
+        err = blk_pwritev(c->file, iov, (int)run->n, start);
+        if (!err)
+            blk_drop_range(c->file, start, total);
+    }
+    if (iov != iov_small)
+        free(iov);
 
     pthread_mutex_lock(c->lock);
     if (err && !c->error)
         c->error = err;
     err = c->error;
-    release(c, cl);
+    struct cw_cluster *cl = run->first;
+    for (i = 0; i < run->n; i++) {
+        struct cw_cluster *next = cl->run_next;
+        release(c, cl);
+        cl = next;
+    }
     pthread_mutex_unlock(c->lock);
     return err;
 }
@@ -190,6 +251,13 @@ static bool finished_below(const struct cwcache *c, uint64_t limit)
 
 int cw_flush(struct cwcache *c)
 {
+    pthread_mutex_lock(c->lock);
+    struct cw_ready ready = { .n = 0 };
+    hand_out_run(c, &ready);
+    pthread_mutex_unlock(c->lock);
+    for (unsigned i = 0; i < ready.n; i++)
+        cw_write_run(c, &ready.runs[i]);
+
     pthread_mutex_lock(c->lock);
     /* Clusters finished later than now have higher indexes (allocation is
      * sequential): waiting for the lower ones cannot starve. */

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 enum fault_op { OP_OPEN, OP_READ, OP_WRITE, OP_FSYNC, OP_RENAME, OP_ALLOC, OP_COUNT };
@@ -114,6 +115,19 @@ ssize_t fault_pwrite(int fd, const void *buf, size_t len, off_t off)
         return -1;
     }
     return pwrite(fd, buf, len, off);
+}
+
+/* Counted as a write; "short" writes half of the first buffer. */
+ssize_t fault_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+    int e = hit(OP_WRITE);
+    if (e == FAULT_SHORT && iov[0].iov_len > 1)
+        return pwrite(fd, iov[0].iov_base, iov[0].iov_len / 2, off);
+    if (e > 0) {
+        errno = e;
+        return -1;
+    }
+    return pwritev(fd, iov, iovcnt, off);
 }
 
 int fault_fsync(int fd)

@@ -15,6 +15,8 @@
 int fault_open(const char *path, int flags, mode_t mode);
 ssize_t fault_pread(int fd, void *buf, size_t len, off_t off);
 ssize_t fault_pwrite(int fd, const void *buf, size_t len, off_t off);
+struct iovec;
+ssize_t fault_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off);
 int fault_fsync(int fd);
 int fault_rename(const char *from, const char *to);
 /* Returns nonzero when the next allocation of a buffer must fail. */

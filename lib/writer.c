@@ -56,8 +56,7 @@ struct meta_write {
 
 /* Work an operation leaves for after the unlock. */
 struct pending {
-    struct cw_cluster *finished[4];
-    unsigned n_finished;
+    struct cw_ready ready;     /* runs of the write cache */
     struct meta_write *meta;
 };
 
@@ -261,7 +260,7 @@ static void queue_meta(struct pending *p, struct meta_write *m)
 static void abandon_compressed(struct writer *w, struct pending *p)
 {
     if (w->use_cache)
-        cw_close_open(&w->cache, p->finished, &p->n_finished);
+        cw_close_open(&w->cache, &p->ready);
     w->cbyte = 0;
 }
 
@@ -437,12 +436,12 @@ static int get_l2(struct writer *w, uint32_t l1_index, bool create, struct pendi
 static int run_pending(struct writer *w, struct pending *p)
 {
     int err = 0;
-    for (unsigned i = 0; i < p->n_finished; i++) {
-        int r = cw_write_finished(&w->cache, p->finished[i]);
+    for (unsigned i = 0; i < p->ready.n; i++) {
+        int r = cw_write_run(&w->cache, &p->ready.runs[i]);
         if (r < 0 && !err)
             err = r;
     }
-    p->n_finished = 0;
+    p->ready.n = 0;
     while (p->meta) {
         struct meta_write *m = p->meta;
         p->meta = m->next;
@@ -549,8 +548,8 @@ static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
     if (off & (w->cluster_size - 1))
         return zerr(EINVAL, "'%s': guest offset %llu is not cluster aligned", w->file.path,
                     (unsigned long long)off);
-    if (off >= w->virtual_size || len == 0 || len > w->cluster_size ||
-        len > w->virtual_size - off)
+    if (off >= w->virtual_size || len == 0 || len > w->virtual_size - off ||
+        (len % w->cluster_size && off + len != w->virtual_size))
         return zerr(EINVAL, "'%s': write of %zu bytes at %llu is outside the image",
                     w->file.path, len, (unsigned long long)off);
     return 0;
@@ -558,17 +557,19 @@ static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
 
 enum store_kind { STORE_COMPRESSED, STORE_NORMAL, STORE_ZERO };
 
-/* Place one guest cluster: under the lock, allocate its bytes, set its L2
- * entry and (compressed, cache on) copy the bytes into the cache; then,
- * unlocked, write what must be written. */
+/* Place COUNT guest clusters from GUEST_OFF (all in one L2 table): under
+ * the lock, allocate their bytes, set their L2 entries and (compressed,
+ * cache on) copy the stream into the cache; then, unlocked, write what
+ * must be written.  Compressed and zero stores are one cluster; a normal
+ * store takes COUNT contiguous clusters and writes DATA with one write. */
 static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, const uint8_t *data,
-                 uint32_t len)
+                 uint32_t len, uint32_t count)
 {
     uint32_t l2_entries = w->cluster_size / 8;
     uint64_t gci = guest_off >> w->cluster_bits;
     uint32_t l1_index = (uint32_t)(gci / l2_entries);
     uint32_t l2_index = (uint32_t)(gci % l2_entries);
-    struct pending p = { .n_finished = 0 };
+    struct pending p = { .meta = NULL };
     struct l2_slot *slot;
     uint64_t host = 0;
     int r;
@@ -586,22 +587,29 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
         if (r < 0)
             break;
     }
-    if (r == 0 && qcow2_be64(slot->buf + 8 * l2_index) != 0)
-        r = zerr(EEXIST, "'%s': guest cluster at %llu written twice", w->file.path,
-                 (unsigned long long)guest_off);
+    for (uint32_t i = 0; r == 0 && i < count; i++)
+        if (qcow2_be64(slot->buf + 8 * (l2_index + i)) != 0)
+            r = zerr(EEXIST, "'%s': guest cluster at %llu written twice", w->file.path,
+                     (unsigned long long)(guest_off + ((uint64_t)i << w->cluster_bits)));
     if (r == 0) {
         uint64_t entry = QCOW2_OFLAG_ZERO;
         if (kind == STORE_COMPRESSED) {
             r = alloc_bytes(w, len, &p, &host);
             entry = qcow2_compressed_descriptor(w->cluster_bits, host, len);
             if (r == 0 && w->use_cache)
-                r = cw_append(&w->cache, host, data, len, p.finished, &p.n_finished);
-        } else if (kind == STORE_NORMAL) {
-            r = alloc_cluster(w, &host);
-            entry = host | QCOW2_OFLAG_COPIED;
+                r = cw_append(&w->cache, host, data, len, &p.ready);
+        }
+        for (uint32_t i = 0; r == 0 && i < count; i++) {
+            if (kind == STORE_NORMAL) { /* contiguous: nothing else allocates now */
+                uint64_t off = 0;
+                r = alloc_cluster(w, &off);
+                entry = off | QCOW2_OFLAG_COPIED;
+                if (i == 0)
+                    host = off;
+            }
+            qcow2_put_be64(slot->buf + 8 * (l2_index + i), entry);
         }
         if (r == 0) {
-            qcow2_put_be64(slot->buf + 8 * l2_index, entry);
             slot->dirty = true;
             r = rc_retire(w, &p);
         }
@@ -617,58 +625,117 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
     if (kind == STORE_COMPRESSED && !w->use_cache)
         r = write_uncached(w, data, len, host);
     else if (kind == STORE_NORMAL) {
-        r = blk_pwrite(&w->file, data, w->cluster_size, host);
+        size_t bytes = (size_t)count << w->cluster_bits;
+        r = blk_pwrite(&w->file, data, bytes, host);
         if (r == 0)
-            blk_drop_range(&w->file, host, w->cluster_size);
+            blk_drop_range(&w->file, host, bytes);
     }
     return r < 0 ? fail(w, r) : 0;
 }
 
-int writer_write_cluster(struct writer *w, uint64_t guest_off, const void *buf, size_t len)
+/* Incompressible clusters gathered to be stored with one write. */
+struct normal_run {
+    uint64_t guest_off;
+    const uint8_t *data;
+    uint32_t count;
+};
+
+static int flush_normal_run(struct writer *w, struct normal_run *run)
 {
-    int r = sticky(w);
-    if (r || (r = check_guest_offset(w, guest_off, len)) < 0)
-        return r;
-    if (all_zero(buf, len)) {
+    if (!run->count)
+        return 0;
+    atomic_fetch_add(&w->n_normal, run->count);
+    int r = store(w, run->guest_off, STORE_NORMAL, run->data, 0, run->count);
+    run->count = 0;
+    return r;
+}
+
+/* One cluster: zero, compressed, or (returned as 1) left to the caller
+ * to store uncompressed.  IN holds a whole cluster. */
+static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, struct tl_bufs *t)
+{
+    if (all_zero(in, w->cluster_size)) {
         atomic_fetch_add(&w->n_zero, 1);
         /* Over a backing file, zeros must be stated; alone, a hole is zero. */
-        return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0) : 0;
-    }
-    struct tl_bufs *t = thread_bufs(w->cluster_size);
-    if (!t)
-        return fail(w, zerr(ENOMEM, "out of memory"));
-    const uint8_t *in = buf;
-    if (len < w->cluster_size) { /* the image's last cluster: pad with zeros */
-        memcpy(t->bounce, buf, len);
-        memset(t->bounce + len, 0, w->cluster_size - len);
-        in = t->bounce;
+        return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0, 1) : 0;
     }
     /* QEMU's rule: compressed data must be smaller than a cluster. */
     int clen = codec_compress(w->type, w->level, in, w->cluster_size, t->out,
                               w->cluster_size - 1);
-    if (clen > 0) {
-        atomic_fetch_add(&w->n_compressed, 1);
-        return store(w, guest_off, STORE_COMPRESSED, t->out, (uint32_t)clen);
+    if (clen == -ENOSPC)
+        return 1;
+    if (clen <= 0)
+        return zerr(clen ? -clen : EIO, "'%s': compression failed", w->file.path);
+    atomic_fetch_add(&w->n_compressed, 1);
+    return store(w, guest_off, STORE_COMPRESSED, t->out, (uint32_t)clen, 1);
+}
+
+int writer_write(struct writer *w, uint64_t guest_off, const void *buf, size_t len)
+{
+    int r = sticky(w);
+    if (r || (r = check_guest_offset(w, guest_off, len)) < 0)
+        return r;
+    struct tl_bufs *t = thread_bufs(w->cluster_size);
+    if (!t)
+        return fail(w, zerr(ENOMEM, "out of memory"));
+    uint32_t l2_entries = w->cluster_size / 8;
+    /* Writing straight from BUF needs O_DIRECT's alignment. */
+    bool direct_ok = !w->file.direct || ((uintptr_t)buf & (BLK_ALIGN - 1)) == 0;
+    struct normal_run run = { 0, NULL, 0 };
+    const uint8_t *p = buf;
+    for (size_t done = 0; done < len && r >= 0; done += w->cluster_size) {
+        uint64_t off = guest_off + done;
+        const uint8_t *in = p + done;
+        bool partial = len - done < w->cluster_size;
+        if (partial) { /* the image's last cluster: pad with zeros */
+            memcpy(t->bounce, in, len - done);
+            memset(t->bounce + (len - done), 0, w->cluster_size - (len - done));
+            in = t->bounce;
+        }
+        r = store_one(w, off, in, t);
+        if (r == 0) {
+            r = flush_normal_run(w, &run);
+            continue;
+        }
+        if (r < 0)
+            break;
+        /* Incompressible: extend the run, or store it alone from a copy. */
+        bool follows = run.count && run.guest_off + ((uint64_t)run.count << w->cluster_bits) == off &&
+                       (off >> w->cluster_bits) % l2_entries != 0;
+        if (!follows && (r = flush_normal_run(w, &run)) < 0)
+            break;
+        if (partial || !direct_ok) {
+            if (in != t->bounce)
+                memcpy(t->bounce, in, w->cluster_size);
+            atomic_fetch_add(&w->n_normal, 1);
+            r = store(w, off, STORE_NORMAL, t->bounce, 0, 1);
+            continue;
+        }
+        if (!run.count) {
+            run.guest_off = off;
+            run.data = in;
+        }
+        run.count++;
+        r = 0;
     }
-    if (clen != -ENOSPC)
-        return fail(w, zerr(-clen, "'%s': compression failed", w->file.path));
-    atomic_fetch_add(&w->n_normal, 1);
-    if (w->file.direct && ((uintptr_t)in & (BLK_ALIGN - 1))) {
-        memcpy(t->bounce, in, w->cluster_size);
-        in = t->bounce;
-    }
-    return store(w, guest_off, STORE_NORMAL, in, 0);
+    if (r >= 0)
+        r = flush_normal_run(w, &run);
+    return r < 0 ? fail(w, r) : 0;
 }
 
 int writer_write_compressed(struct writer *w, uint64_t guest_off, const void *cdata, size_t clen)
 {
     int r = sticky(w);
-    if (r || (r = check_guest_offset(w, guest_off, 1)) < 0)
+    if (r)
+        return r;
+    size_t span = guest_off < w->virtual_size && w->virtual_size - guest_off < w->cluster_size
+                      ? (size_t)(w->virtual_size - guest_off) : w->cluster_size;
+    if ((r = check_guest_offset(w, guest_off, span)) < 0)
         return r;
     if (clen == 0 || clen > w->cluster_size - 1)
         return zerr(EINVAL, "'%s': compressed length %zu out of range", w->file.path, clen);
     atomic_fetch_add(&w->n_compressed, 1);
-    return store(w, guest_off, STORE_COMPRESSED, cdata, (uint32_t)clen);
+    return store(w, guest_off, STORE_COMPRESSED, cdata, (uint32_t)clen, 1);
 }
 
 /* ---- reads (read-your-writes) ------------------------------------------------- */
@@ -711,7 +778,7 @@ static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
 static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
 {
     uint32_t l2_entries = w->cluster_size / 8;
-    struct pending p = { .n_finished = 0 };
+    struct pending p = { .meta = NULL };
     struct l2_slot *slot;
     uint64_t entry = 0;
     int r;
@@ -926,7 +993,7 @@ static int write_zeroed_tail(struct writer *w, const void *data, size_t len, uin
  * then the header.  Single-threaded: no other call may run now. */
 static int finalize(struct writer *w)
 {
-    struct pending p = { .n_finished = 0 };
+    struct pending p = { .meta = NULL };
     int r;
     abandon_compressed(w, &p);
     if ((r = run_pending(w, &p)) < 0)
@@ -1057,6 +1124,8 @@ int writer_close(struct writer *w)
 }
 
 void writer_abort(struct writer *w) { writer_free(w); }
+
+uint32_t writer_cluster_size(const struct writer *w) { return w->cluster_size; }
 
 int writer_get_info(struct writer *w, struct zcow_info *info)
 {

@@ -11,7 +11,8 @@
 struct writer;
 
 int writer_create(const char *path, const struct zcow_create_options *opts, struct writer **out);
-int writer_write_cluster(struct writer *w, uint64_t guest_offset, const void *buf, size_t len);
+int writer_write(struct writer *w, uint64_t guest_offset, const void *buf, size_t len);
+uint32_t writer_cluster_size(const struct writer *w);
 int writer_write_compressed(struct writer *w, uint64_t guest_offset, const void *cdata, size_t clen);
 int writer_read(struct writer *w, uint64_t offset, void *buf, size_t len);
 int writer_flush(struct writer *w);
