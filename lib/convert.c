@@ -20,7 +20,11 @@
 #include "blockio.h"
 #include "error.h"
 
-#define SEGMENT_BYTES (1u << 20) /* per read; at least one cluster */
+/* Bytes per read: large reads cost less per byte, but every worker holds
+ * one segment, so many workers get smaller ones. */
+#define SEGMENT_BYTES_MAX (4u << 20)
+#define SEGMENT_BYTES_MIN (1u << 20)
+#define SEGMENT_BUDGET (16u << 20)
 #define PROGRESS_INTERVAL_NS 100000000L
 
 struct job {
@@ -204,16 +208,20 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
         return zerr(EINVAL, "'%s': source is empty", src->name);
     struct job j = { .o = o, .src = src, .size = copts.virtual_size };
     j.cluster_size = copts.cluster_size ? copts.cluster_size : 65536;
-    j.segment = j.cluster_size > SEGMENT_BYTES ? j.cluster_size : SEGMENT_BYTES;
+    int n = convert_threads(o);
+    if (n > MAX_THREADS)
+        n = MAX_THREADS;
+    j.segment = SEGMENT_BYTES_MAX;
+    while (j.segment > SEGMENT_BYTES_MIN && j.segment * (uint64_t)n > SEGMENT_BUDGET)
+        j.segment /= 2;
+    if (j.segment < j.cluster_size)
+        j.segment = j.cluster_size;
     int r = zcow_create(o->dst, &copts, &j.img);
     if (r < 0)
         return r;
     pthread_mutex_init(&j.lock, NULL);
     pthread_cond_init(&j.cond, NULL);
 
-    int n = convert_threads(o);
-    if (n > MAX_THREADS)
-        n = MAX_THREADS;
     pthread_t tids[MAX_THREADS];
     int started = 0;
     for (; started < n; started++) {

@@ -7,6 +7,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -148,6 +149,25 @@ int fault_rename(const char *from, const char *to)
         return -1;
     }
     return rename(from, to);
+}
+
+static long delay_us = -1;
+static pthread_once_t delay_once = PTHREAD_ONCE_INIT;
+static void read_delay(void)
+{
+    const char *v = getenv("ZCOW_FAULT_DELAY_US");
+    delay_us = v ? atol(v) : 0;
+}
+
+void fault_delay(void)
+{
+    pthread_once(&delay_once, read_delay);
+    if (delay_us <= 0)
+        return;
+    static _Thread_local unsigned seed;
+    if (!seed)
+        seed = (unsigned)(uintptr_t)&seed ^ (unsigned)getpid();
+    usleep((useconds_t)(rand_r(&seed) % (delay_us + 1)));
 }
 
 int fault_alloc_fails(void) { return hit(OP_ALLOC) != 0; }

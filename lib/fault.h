@@ -19,6 +19,10 @@ struct iovec;
 ssize_t fault_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off);
 int fault_fsync(int fd);
 int fault_rename(const char *from, const char *to);
+/* With ZCOW_FAULT_DELAY_US=N, sleep a random 0..N microseconds: called
+ * between allocation and write, to shake out races in stress tests. */
+void fault_delay(void);
+
 /* Returns nonzero when the next allocation of a buffer must fail. */
 int fault_alloc_fails(void);
 

@@ -7,23 +7,30 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "blockio.h"
 #include "error.h"
 #include "qcow2.h"
 
-/* qcow2 if the first bytes are its magic, else raw (as qemu-img probes). */
+/* qcow2 if the first bytes are its magic, else raw (as qemu-img probes).
+ * Read with O_DIRECT where possible: a probe must not leave pages of the
+ * source in the page cache. */
 static int probe(const char *name, const char **format)
 {
-    int fd = open(name, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return zerr_sys(errno, "cannot open '%s'", name);
-    uint8_t magic[4];
-    ssize_t n = pread(fd, magic, sizeof(magic), 0);
-    int e = errno;
-    close(fd);
-    if (n < 0)
-        return zerr_sys(e, "cannot read '%s'", name);
-    *format = (n == 4 && qcow2_be32(magic) == QCOW2_MAGIC) ? "qcow2" : "raw";
-    return 0;
+    struct blk b;
+    int r = blk_open_read(&b, name, true);
+    if (r < 0)
+        return r;
+    uint8_t *buf = blk_alloc(BLK_ALIGN);
+    int64_t n = buf ? blk_pread(&b, buf, BLK_ALIGN, 0) : zerr(ENOMEM, "out of memory");
+    if (!b.direct)
+        posix_fadvise(b.fd, 0, BLK_ALIGN, POSIX_FADV_DONTNEED);
+    blk_close(&b);
+    if (n >= 4)
+        *format = qcow2_be32(buf) == QCOW2_MAGIC ? "qcow2" : "raw";
+    else if (n >= 0)
+        *format = "raw";
+    free(buf);
+    return n < 0 ? (int)n : 0;
 }
 
 int source_open(const char *name, const char *format, bool direct, struct source **out)

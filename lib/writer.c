@@ -618,6 +618,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
 
     if (r < 0 && r != -EEXIST) /* a caller's mistake loses no data */
         fail(w, r);
+    fault_delay();
     int r2 = run_pending(w, &p);
     if (r < 0 || r2 < 0)
         return r < 0 ? r : r2;
