@@ -283,26 +283,98 @@ static int map_qcow2(struct reader *r, uint64_t off, uint64_t max, struct mappin
     return 0;
 }
 
-/* Read and inflate the compressed cluster of descriptor ENTRY into OUT
- * (one cluster).  CBUF holds at least 2 clusters (the largest csize). */
-static int read_compressed_cluster(struct reader *r, uint64_t entry, uint8_t *cbuf, uint8_t *out)
+/* Compressed clusters that follow one another in the guest mostly lie
+ * packed together on the host (that is how writers place them), though
+ * parallel writers shuffle them a little.  A run of them is read with one
+ * large read instead of one small read each, which matters under O_DIRECT:
+ * a cluster joins the run while the run's host span stays within
+ * RUN_MAX_BYTES and the cluster lies within RUN_MAX_GAP of it. */
+#define RUN_MAX_CLUSTERS 256
+#define RUN_MAX_BYTES (4u << 20)
+#define RUN_MAX_GAP (32u << 10)
+
+struct run_item {
+    uint64_t coff, clen; /* stored bytes, clipped at the end of the file */
+    uint64_t len;        /* guest bytes wanted from this cluster */
+};
+
+static int compressed_item(struct reader *r, uint64_t entry, uint64_t len, struct run_item *it)
 {
-    uint64_t coff, clen;
-    qcow2_decode_compressed(r->cluster_bits, entry, &coff, &clen);
-    if (coff >= r->file_size)
+    qcow2_decode_compressed(r->cluster_bits, entry, &it->coff, &it->clen);
+    if (it->coff >= r->file_size)
         return corrupt(r, "compressed cluster at offset %#llx is beyond the end of the file",
-                       (unsigned long long)coff);
+                       (unsigned long long)it->coff);
     /* The recorded sectors may run past the end of the file: the stream
      * itself does not. */
-    if (clen > r->file_size - coff)
-        clen = r->file_size - coff;
-    int e = host_read(r, cbuf, clen, coff);
+    if (it->clen > r->file_size - it->coff)
+        it->clen = r->file_size - it->coff;
+    it->len = len;
+    return 0;
+}
+
+/* Read guest bytes from OFF (FIRST maps the first, compressed, stretch) up
+ * to N bytes into P; FIRST->len becomes the count done.  *CLUSTER is a
+ * scratch cluster, allocated on first need. */
+static int read_compressed_run(struct reader *r, uint64_t off, uint64_t n, uint8_t *p,
+                               struct mapping *first, uint8_t **cluster)
+{
+    struct run_item run[RUN_MAX_CLUSTERS];
+    int e = compressed_item(r, first->entry, first->len, &run[0]);
     if (e < 0)
         return e;
-    if (codec_decompress(r->h.compression_type, cbuf, clen, out, r->cluster_size) < 0)
-        return corrupt(r, "cannot decompress the cluster at offset %#llx",
-                       (unsigned long long)coff);
-    return 0;
+    unsigned count = 1;
+    uint64_t done = first->len;
+    uint64_t start = run[0].coff, end = run[0].coff + run[0].clen;
+    while (done < n && count < RUN_MAX_CLUSTERS) {
+        struct mapping m;
+        if ((e = map_qcow2(r, off + done, n - done, &m)) < 0)
+            return e;
+        if (m.kind != ZCOW_CLUSTER_COMPRESSED)
+            break;
+        struct run_item it;
+        if ((e = compressed_item(r, m.entry, m.len, &it)) < 0)
+            return e;
+        uint64_t s = it.coff < start ? it.coff : start;
+        uint64_t t = it.coff + it.clen > end ? it.coff + it.clen : end;
+        if (it.coff + it.clen + RUN_MAX_GAP < start || it.coff > end + RUN_MAX_GAP ||
+            t - s > RUN_MAX_BYTES)
+            break;
+        run[count++] = it;
+        start = s, end = t;
+        done += m.len;
+    }
+
+    /* One aligned read: no bounce buffer under O_DIRECT. */
+    uint64_t astart = start & ~(uint64_t)(BLK_ALIGN - 1);
+    size_t alen = (size_t)((end - astart + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1));
+    uint8_t *buf = blk_alloc(alen);
+    if (!buf)
+        return zerr(ENOMEM, "out of memory");
+    if ((e = host_read(r, buf, alen, astart)) < 0)
+        goto out;
+    uint64_t g = off;
+    for (unsigned i = 0; i < count; i++) {
+        uint64_t in = g & (r->cluster_size - 1);
+        bool whole = in == 0 && run[i].len == r->cluster_size;
+        if (!whole && !*cluster && !(*cluster = malloc(r->cluster_size))) {
+            e = zerr(ENOMEM, "out of memory");
+            goto out;
+        }
+        uint8_t *dst = whole ? p + (g - off) : *cluster;
+        if (codec_decompress(r->h.compression_type, buf + (run[i].coff - astart), run[i].clen, dst,
+                             r->cluster_size) < 0) {
+            e = corrupt(r, "cannot decompress the cluster at offset %#llx",
+                        (unsigned long long)run[i].coff);
+            goto out;
+        }
+        if (!whole)
+            memcpy(p + (g - off), *cluster + in, run[i].len);
+        g += run[i].len;
+    }
+    first->len = done;
+out:
+    free(buf);
+    return e;
 }
 
 /* ---- Reading ------------------------------------------------------------ */
@@ -310,7 +382,7 @@ static int read_compressed_cluster(struct reader *r, uint64_t entry, uint8_t *cb
 int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
 {
     uint8_t *p = buf;
-    uint8_t *cbuf = NULL, *cluster = NULL;
+    uint8_t *cluster = NULL;
     int e = 0;
     while (len > 0) {
         if (off >= r->size) {
@@ -352,27 +424,14 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
             if (e >= 0)
                 e = host_read(r, p, m.len, m.host);
             break;
-        case ZCOW_CLUSTER_COMPRESSED: {
-            if (!cbuf && !(cbuf = blk_alloc(2 * (size_t)r->cluster_size))) {
-                e = zerr(ENOMEM, "out of memory");
-                break;
-            }
-            bool whole = m.len == r->cluster_size;
-            if (!whole && !cluster && !(cluster = malloc(r->cluster_size))) {
-                e = zerr(ENOMEM, "out of memory");
-                break;
-            }
-            e = read_compressed_cluster(r, m.entry, cbuf, whole ? p : cluster);
-            if (e >= 0 && !whole)
-                memcpy(p, cluster + (off & (r->cluster_size - 1)), m.len);
+        case ZCOW_CLUSTER_COMPRESSED:
+            e = read_compressed_run(r, off, n, p, &m, &cluster);
             break;
-        }
         }
         if (e < 0)
             break;
         p += m.len, off += m.len, len -= m.len;
     }
-    free(cbuf);
     free(cluster);
     return e < 0 ? e : 0;
 }
