@@ -709,6 +709,53 @@ static void test_public(void)
     b_close(&b);
 }
 
+/* ---- Runs of compressed clusters, shuffled on the host ----------------- */
+
+static void test_runs(void)
+{
+    uint64_t st = unit_stream(13);
+    unsigned cb = 9; /* many clusters per run: past RUN_MAX_CLUSTERS */
+    uint64_t cs = 1ull << cb;
+    uint64_t n = 1500, size = n * cs;
+    struct builder b;
+    b_init(&b, tpath(0, "runs.qcow2"), cb, false, 0, size);
+    /* Guest order, locally shuffled (as parallel writers leave it), with
+     * a few clusters sent far away and a few left out. */
+    uint64_t *order = malloc(n * sizeof(*order));
+    for (uint64_t i = 0; i < n; i++)
+        order[i] = i;
+    for (uint64_t i = 0; i + 8 < n; i += 8)
+        for (int k = 0; k < 8; k++) {
+            uint64_t a = i + unit_range(&st, 0, 7), c = i + unit_range(&st, 0, 7);
+            uint64_t t = order[a];
+            order[a] = order[c];
+            order[c] = t;
+        }
+    for (int k = 0; k < 20; k++) {
+        uint64_t a = unit_range(&st, 0, n - 1), c = unit_range(&st, 0, n - 1);
+        uint64_t t = order[a];
+        order[a] = order[c];
+        order[c] = t;
+    }
+    uint8_t data[512];
+    for (uint64_t i = 0; i < n; i++) {
+        if (unit_range(&st, 0, 50) == 0)
+            continue;
+        fill_compressible(&st, data, cs);
+        b_compressed(&b, order[i] * cs, data);
+    }
+    b_finish(&b, NULL);
+    struct reader *r;
+    int e = reader_open(tpath(0, "runs.qcow2"), NULL, 1, &r);
+    CHECKF(e == 0, "runs: open: %s", zcow_get_error());
+    if (e == 0) {
+        check_reads(r, b.model, size, &st, 300, "runs");
+        reader_close(r);
+    }
+    free(order);
+    b_close(&b);
+}
+
 int main(void)
 {
     unit_init("test_reader");
@@ -726,6 +773,7 @@ int main(void)
     test_kinds(12, 0, false, 3, true);
     test_kinds(16, 1, true, 3, true);
     test_subclusters();
+    test_runs();
     test_chain();
     test_parallel(false);
     test_parallel(true);
