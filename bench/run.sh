@@ -1,0 +1,450 @@
+#!/bin/bash
+# zcow benchmark: `make bench` runs this.  See bench/README.md.
+#
+#   bench/run.sh [--quick] [--runs N] [--tables A,B,C,D] [--workdir DIR]
+#                [--zcow PATH] [--no-hdd] [--no-deps] [--no-chart]
+#
+#   --quick        smoke test: 1 run, small inputs, no 8 GiB input (~5 min)
+#   --runs N       runs per figure (median), default 3 (quick: 1)
+#   --tables LIST  which tables: A (upstream comparison), B (zcow against
+#                  qemu-img), C (memory and scaling), D (restore); default all
+#   --workdir DIR  inputs and outputs (default $ZCOW_BENCH_DIR or
+#                  /var/tmp/zcow-bench); inputs are reused when present
+#   --zcow PATH    the zcow binary (default build/zcow)
+#   --no-hdd       skip Table A's emulated-HDD target
+#   --no-deps      do not run scripts/install-deps.sh --bench
+#   --no-chart     no PNG
+# Prints the tables as Markdown on stdout and writes them to
+# bench/results/DATE-HOST.md (quick: DATE-HOST-quick.md) with a PNG chart.
+
+set -u
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(dirname "$HERE")
+. "$HERE/lib.sh"
+. "$HERE/hdd.sh"
+. "$HERE/make-inputs.sh"
+
+QUICK=0 RUNS= TABLES=A,B,C,D HDD=1 DEPS=1 CHART=1
+WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
+ZCOW=${ZCOW:-$ROOT/build/zcow}
+usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --quick) QUICK=1 ;;
+        --runs) RUNS=${2:?}; shift ;;
+        --runs=*) RUNS=${1#*=} ;;
+        --tables) TABLES=${2:?}; shift ;;
+        --tables=*) TABLES=${1#*=} ;;
+        --workdir) WORK=${2:?}; shift ;;
+        --workdir=*) WORK=${1#*=} ;;
+        --zcow) ZCOW=${2:?}; shift ;;
+        --zcow=*) ZCOW=${1#*=} ;;
+        --no-hdd) HDD=0 ;;
+        --no-deps) DEPS=0 ;;
+        --no-chart) CHART=0 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+[ -n "$RUNS" ] || { [ $QUICK = 1 ] && RUNS=1 || RUNS=3; }
+case "$RUNS" in ''|*[!0-9]*|0) echo "--runs: a positive number" >&2; exit 2 ;; esac
+TABLES=$(echo "$TABLES" | tr 'a-z' 'A-Z')
+want() { case ",$TABLES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+
+# ---------------------------------------------------------------- sizes
+if [ $QUICK = 1 ]; then
+    W1=w1-100M W2=w2-512M W3=w3-128M HW1=w1-50M CSMALL=w1-100M CLARGE=w1-1G
+    export W2_TREE=${W2_TREE:-/usr/share/doc}
+    HDD_LIMIT=60 SLOW_HDD=20
+else
+    W1=w1-1000M W2=w2-4G W3=w3-1G HW1=w1-200M CSMALL=w1-1G CLARGE=w1-8G
+    export W2_TREE=${W2_TREE:-/usr/share}
+    HDD_LIMIT=150 SLOW_HDD=60
+fi
+LOCAL_LIMIT=600          # no run on the local disk may take longer than this
+
+# ---------------------------------------------------------------- set-up
+if [ $DEPS = 1 ]; then
+    "$ROOT/scripts/install-deps.sh" --bench || warn "scripts/install-deps.sh --bench failed; going on with what is installed"
+fi
+for t in qemu-img fincore /usr/bin/time timeout numfmt mkfs.ext4; do
+    command -v "$t" >/dev/null || { echo "missing $t: run scripts/install-deps.sh --bench" >&2; exit 1; }
+done
+HAVE_ZCOW=1
+if ! [ -x "$ZCOW" ] || ! "$ZCOW" convert --help >/dev/null 2>&1; then
+    warn "no working $ZCOW convert (run make): zcow rows are skipped"
+    HAVE_ZCOW=0
+fi
+mkdir -p "$WORK" || exit 1
+WORK=$(cd "$WORK" && pwd)
+STAMP=$(date +%Y-%m-%d)-$(hostname -s)
+[ $QUICK = 1 ] && STAMP=$STAMP-quick
+RESULTS=$HERE/results
+mkdir -p "$RESULTS"
+LOGDIR=$WORK/logs
+mkdir -p "$LOGDIR"
+RAW=$RESULTS/$STAMP.tsv
+: > "$RAW"
+REPORT=$LOGDIR/report.md
+: > "$REPORT"
+OUT=$WORK/out.qcow2
+SLOW=0
+
+rpt() { printf '%s\n' "$*" >> "$REPORT"; }
+
+cleanup() {
+    hdd_down "$WORK/hdd" 2>/dev/null
+    rm -f "$WORK/out.qcow2" "$WORK/out.raw" "$WORK"/*.tmp
+}
+trap cleanup EXIT
+trap 'echo "interrupted" >&2; exit 130' INT TERM
+
+# inputs needed by the chosen tables
+inputs=()
+want A && inputs+=("$W1")
+want A && [ $HDD = 1 ] && inputs+=("$HW1")
+want B && inputs+=("$W1" "$W2" "$W3")
+want C && inputs+=("$CSMALL" "$CLARGE" "$W2")
+want D && inputs+=("$W2")
+inputs=($(printf '%s\n' "${inputs[@]}" | awk '!s[$0]++'))
+
+# free space: the inputs still to make, plus the largest outputs at once
+# (W3's qcow2 or dd copy, W2's restore, W2's zcow image) and 1 GiB slack
+need=$(bash "$HERE/make-inputs.sh" --need "$WORK" "${inputs[@]}")
+need=$((need + 2 * $(bytes "${W3#*-}") + $(cost "$W2") * 2 + (1 << 30)))
+avail=$(df -B1 --output=avail "$WORK" | tail -n 1 | tr -d ' ')
+if [ "$avail" -lt "$need" ]; then
+    echo "too little free disk space in $WORK: need $(numfmt --to=iec "$need")B," \
+         "have $(numfmt --to=iec "$avail")B (inputs: ${inputs[*]}); use --workdir or --quick" >&2
+    exit 1
+fi
+log "work dir $WORK: $(numfmt --to=iec "$avail")B free, about $(numfmt --to=iec "$need")B needed"
+for n in "${inputs[@]}"; do make_one "$WORK" "$n" || { echo "could not make input $n" >&2; exit 1; }; done
+IN() { echo "$WORK/$1.raw"; }
+
+# ---------------------------------------------------------------- helpers
+# nruns KEY: successful (or timed-out) runs of KEY
+nruns() { awk -F'\t' -v k="$1" '$1 == k && ($10 == 0 || $10 == 124) {n++} END {print n+0}' "$RAW"; }
+# cell KEY: "wall s (P p)" for Table A; † = fewer runs than RUNS
+cell() {
+    local w p mark=""
+    w=$(med "$1" wall)
+    [ -z "$w" ] && { echo "n/a"; return; }
+    [ "$(nruns "$1")" -lt "$RUNS" ] && [ "$w" != FAIL ] && mark="†"
+    p=$(med "$1" out_pages)
+    if [ "${w#>}" != "$w" ]; then echo "${w} s${mark}"; return; fi
+    echo "$(fmt_s "$w") s (${p} p)${mark}"
+}
+
+zc() { "$ZCOW" convert "$@"; }
+
+# ---------------------------------------------------------------- Table A
+# tableA NAME DIR SRC LIMIT_OFF_NONE
+tableA_measure() {
+    local name=$1 dir=$2 src=$3 lim=$4 j t wc key out=$2/out.qcow2 l
+    local -a targ
+    for j in 8 64; do
+        for t in none writeback drop; do
+            case $t in
+                none) targ=(-t none) ;;
+                writeback) targ=(-t writeback) ;;
+                drop) targ=(-t writeback --drop-pages) ;;
+            esac
+            for wc in off on; do
+                key=A.$name.j$j.$t.$wc
+                l=$LOCAL_LIMIT
+                [ "$t" = none ] && [ "$wc" = off ] && l=$lim
+                [ $HAVE_ZCOW = 1 ] &&
+                    measure "$key" "$src" "$out" "$l" "$ZCOW" convert -q -o cluster_size=65536,compression_type=zlib \
+                        -j "$j" "${targ[@]}" --write-cache=$wc "$src" "$out"
+            done
+        done
+    done
+    measure A.$name.qemu.none "$src" "$out" "$lim" qemu-img convert -c -O qcow2 -T none -t none "$src" "$out"
+    measure A.$name.qemu.writeback "$src" "$out" "$LOCAL_LIMIT" qemu-img convert -c -O qcow2 -T none -t writeback "$src" "$out"
+    rm -f "$out"
+}
+
+tableA_report() {
+    local name=$1 title=$2
+    rpt ""
+    rpt "#### $title"
+    rpt ""
+    rpt "| target cache | cache off, -j 8 | cache on, -j 8 | cache off, -j 64 | cache on, -j 64 |"
+    rpt "|---|---|---|---|---|"
+    local t label
+    for t in none writeback drop; do
+        case $t in none) label='`-t none` (O_DIRECT)' ;; writeback) label='`-t writeback`' ;;
+                   drop) label='`-t writeback --drop-pages`' ;; esac
+        rpt "| $label | $(cell A.$name.j8.$t.off) | $(cell A.$name.j8.$t.on) | $(cell A.$name.j64.$t.off) | $(cell A.$name.j64.$t.on) |"
+    done
+    rpt "| qemu-img \`-t none\` | $(cell A.$name.qemu.none) | | | |"
+    rpt "| qemu-img \`-t writeback\` | $(cell A.$name.qemu.writeback) | | | |"
+    rpt ""
+    # upstream's two comparisons, with 64 writers as QEMU's backup job
+    local dn dc wn wc
+    dn=$(med A.$name.j64.none.off wall); dc=$(med A.$name.j64.none.on wall)
+    wn=$(med A.$name.j64.writeback.off wall); wc=$(med A.$name.j64.writeback.on wall)
+    rpt "Upstream's shape (-j 64): O_DIRECT $(fmt_s "$dn") s -> $(fmt_s "$dc") s with the cache" \
+        "(x$(ratio "$dn" "$dc" 1) faster); page cache $(fmt_s "$wn") s -> $(fmt_s "$wc") s" \
+        "(x$(ratio "$wn" "$wc" 2)); O_DIRECT with the cache against the page cache without it:" \
+        "$(ratio "$dc" "$wn" 2) of the time. Upstream: 300 s -> 4.4 s and 5.7 s -> 5.4 s; 4.4/5.7 = 0.77."
+}
+
+if want A; then
+    log "Table A, local disk: $W1"
+    tableA_measure local "$WORK" "$(IN "$W1")" "$LOCAL_LIMIT"
+    tableA_report local "Local disk ($(findmnt -no SOURCE,FSTYPE -T "$WORK" | tr ' ' ' '), $W1)"
+    if [ $HDD = 1 ]; then
+        log "Table A, emulated HDD: setting up nbdkit (delay $HDD_DELAY) + nbdfuse + loop + ext4"
+        if hdd_up "$WORK/hdd"; then
+            SLOW=$SLOW_HDD
+            tableA_measure hdd "$HDD_MNT" "$(IN "$HW1")" "$HDD_LIMIT"
+            SLOW=0
+            hdd_down "$WORK/hdd"
+            tableA_report hdd "Emulated HDD (ext4 on loop on nbdfuse on nbdkit memory + delay ${HDD_DELAY}), $HW1 (smaller than W1: every request costs ~${HDD_DELAY})"
+        else
+            warn "Table A: emulated HDD could not be set up (see above): its part is skipped"
+            rpt ""
+            rpt "#### Emulated HDD: skipped (could not set up nbdkit/nbdfuse/loop/ext4; see the log)"
+        fi
+    fi
+    rpt ""
+    rpt "Cells: median wall time, (page-cache pages of the output left after the run)." \
+        "'>N s': killed by timeout after N s. †: measured fewer than $RUNS times (slow, not repeated)."
+fi
+
+# ---------------------------------------------------------------- Table B
+CHECKS=()
+verify_out() {   # verify_out LABEL SRC IMG: qemu-img check and compare of zcow's output
+    local c m
+    [ -e "$3" ] || { CHECKS+=("$1: no output to verify"); return; }
+    qemu-img check -q "$3" >/dev/null 2>&1; c=$?
+    qemu-img compare -q -f raw -F qcow2 "$2" "$3" >/dev/null 2>&1; m=$?
+    CHECKS+=("$1: qemu-img check exit $c$([ $c = 0 ] && echo ' (clean)'), qemu-img compare exit $m$([ $m = 0 ] && echo ' (identical)')")
+}
+
+B_ROWS="qnone qwb qfastnone qfastwb zlib zstd ddr ddrw"
+B_label() {
+    case $1 in
+        qnone) echo 'qemu-img `-c -O qcow2 -T none -t none`' ;;
+        qwb) echo 'qemu-img `-c -O qcow2 -T none -t writeback`' ;;
+        qfastnone) echo 'qemu-img `-c -O qcow2 -m 16 -W -T none -t none`' ;;
+        qfastwb) echo 'qemu-img `-c -O qcow2 -m 16 -W -T none -t writeback`' ;;
+        zlib) echo 'zcow (defaults: zlib)' ;;
+        zstd) echo 'zcow `-o compression_type=zstd`' ;;
+        ddr) echo 'dd read `iflag=direct bs=4M`' ;;
+        ddrw) echo 'dd read+write `iflag=direct oflag=direct bs=4M`' ;;
+    esac
+}
+tableB_measure() {
+    local w=$1 src
+    src=$(IN "$2")
+    measure B.$w.ddr "$src" - "$LOCAL_LIMIT" dd if="$src" of=/dev/null iflag=direct bs=4M
+    [ "$w" = W3 ] &&
+        measure B.$w.ddrw "$src" "$WORK/out.raw" "$LOCAL_LIMIT" dd if="$src" of="$WORK/out.raw" iflag=direct oflag=direct bs=4M
+    rm -f "$WORK/out.raw"
+    measure B.$w.qnone "$src" "$OUT" "$LOCAL_LIMIT" qemu-img convert -c -O qcow2 -T none -t none "$src" "$OUT"
+    measure B.$w.qwb "$src" "$OUT" "$LOCAL_LIMIT" qemu-img convert -c -O qcow2 -T none -t writeback "$src" "$OUT"
+    measure B.$w.qfastnone "$src" "$OUT" "$LOCAL_LIMIT" qemu-img convert -c -O qcow2 -m 16 -W -T none -t none "$src" "$OUT"
+    measure B.$w.qfastwb "$src" "$OUT" "$LOCAL_LIMIT" qemu-img convert -c -O qcow2 -m 16 -W -T none -t writeback "$src" "$OUT"
+    if [ $HAVE_ZCOW = 1 ]; then
+        measure B.$w.zlib "$src" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert "$src" "$OUT" &&
+            verify_out "$w zcow zlib" "$src" "$OUT"
+        measure B.$w.zstd "$src" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert -o compression_type=zstd "$src" "$OUT" &&
+            verify_out "$w zcow zstd" "$src" "$OUT"
+    fi
+    rm -f "$OUT"
+}
+tableB_report() {
+    local w=$1 in=$2 r qn qs dr drw wl
+    qn=$(med B.$w.qnone wall); qs=$(med B.$w.qnone out)
+    dr=$(med B.$w.ddr wall); drw=$(med B.$w.ddrw wall)
+    rpt ""
+    rpt "#### $w: $in ($(numfmt --to=iec --suffix=B "$(fsize "$(IN "$in")")"))"
+    rpt ""
+    rpt "| command | wall s | CPU s | peak RSS MiB | output MiB | src pages | out pages | time ÷ qemu-img -t none | time ÷ dd read | time ÷ dd r+w | size ÷ qemu-img |"
+    rpt "|---|---|---|---|---|---|---|---|---|---|---|"
+    for r in $B_ROWS; do
+        wl=$(med B.$w.$r wall)
+        [ -n "$wl" ] || continue
+        rpt "| $(B_label $r) | $(fmt_s "$wl") | $(fmt_s "$(med B.$w.$r cpu)") | $(fmt_mib "$(med B.$w.$r rss)" 1024) |" \
+            "$(fmt_mib "$(med B.$w.$r out)" 1) | $(med B.$w.$r src_pages) | $(med B.$w.$r out_pages) |" \
+            "$(ratio "$wl" "$qn" 3) | $(ratio "$wl" "$dr") | $( [ -n "$drw" ] && ratio "$wl" "$drw" || echo -) |" \
+            "$( isnum "$(med B.$w.$r out)" && ratio "$(med B.$w.$r out)" "$qs" 3 || echo -) |"
+    done
+}
+
+PASSES=0 FAILS=0
+verdict() {   # verdict OK TEXT
+    if [ "$1" = 1 ]; then rpt "- PASS: $2"; PASSES=$((PASSES + 1))
+    else rpt "- FAIL: $2"; FAILS=$((FAILS + 1)); fi
+}
+chk() { "$@" && echo 1 || echo 0; }
+mul() { isnum "$1" && awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", a * b}' || echo "$1"; }
+
+if want B; then
+    tableB_measure W1 "$W1"; tableB_measure W2 "$W2"; tableB_measure W3 "$W3"
+    rpt ""
+    rpt "### Table B: zcow against qemu-img ($(qemu-img --version | head -n 1 | awk '{print $3}'))"
+    tableB_report W1 "$W1"; tableB_report W2 "$W2"; tableB_report W3 "$W3"
+    rpt ""
+    rpt "Medians of $RUNS run(s). CPU = user + sys. Pages: page-cache pages (4 KiB) of the source and the output left after the run (fincore)."
+    if [ ${#CHECKS[@]} -gt 0 ]; then
+        rpt ""
+        rpt "Correctness of zcow's outputs (last run of each):"
+        for c in "${CHECKS[@]}"; do rpt "- $c"; done
+    fi
+fi
+
+# ---------------------------------------------------------------- Table C
+if want C && [ $HAVE_ZCOW = 1 ]; then
+    measure C.small "$(IN "$CSMALL")" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert "$(IN "$CSMALL")" "$OUT"
+    measure C.large "$(IN "$CLARGE")" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert "$(IN "$CLARGE")" "$OUT"
+    measure C.j1 "$(IN "$W2")" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert -j 1 "$(IN "$W2")" "$OUT"
+    measure C.j2 "$(IN "$W2")" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert -j 2 "$(IN "$W2")" "$OUT"
+    NP=$(nproc)
+    [ "$NP" -gt 2 ] && measure C.jN "$(IN "$W2")" "$OUT" "$LOCAL_LIMIT" "$ZCOW" convert -j "$NP" "$(IN "$W2")" "$OUT"
+    rm -f "$OUT"
+    rpt ""
+    rpt "### Table C: memory as the image grows, and scaling with threads"
+    rpt ""
+    rpt "| run | wall s | CPU s | peak RSS MiB | output MiB | src pages | out pages |"
+    rpt "|---|---|---|---|---|---|---|"
+    for k in small:"zcow, $CSMALL of 0x01" large:"zcow, $CLARGE of 0x01" j1:"zcow -j 1, $W2" j2:"zcow -j 2, $W2" jN:"zcow -j $NP, $W2"; do
+        key=C.${k%%:*}
+        [ -n "$(med $key wall)" ] || continue
+        rpt "| ${k#*:} | $(fmt_s "$(med $key wall)") | $(fmt_s "$(med $key cpu)") | $(fmt_mib "$(med $key rss)" 1024) |" \
+            "$(fmt_mib "$(med $key out)" 1) | $(med $key src_pages) | $(med $key out_pages) |"
+    done
+    rpt ""
+    rpt "Peak RSS $CLARGE ÷ $CSMALL: $(ratio "$(med C.large rss)" "$(med C.small rss)"); speed-up -j 2 ÷ -j 1 on $W2: $(ratio "$(med C.j1 wall)" "$(med C.j2 wall)") (CPU -j 1: $(fmt_s "$(med C.j1 cpu)") s over $(fmt_s "$(med C.j1 wall)") s wall = $(ratio "$(med C.j1 cpu)" "$(med C.j1 wall)") cores busy)."
+fi
+
+# ---------------------------------------------------------------- Table D
+RESTORE_NOTE=""
+if want D && [ $HAVE_ZCOW = 1 ]; then
+    # does this zcow restore?  a 1 MiB image from qemu-img, byte for byte
+    t=$WORK/restore-probe
+    head -c 1M /dev/urandom > "$t.raw"
+    qemu-img convert -q -c -O qcow2 "$t.raw" "$t.qcow2" 2>/dev/null
+    if "$ZCOW" convert -q -O raw "$t.qcow2" "$t.out" >/dev/null 2>&1 && cmp -s "$t.raw" "$t.out"; then
+        W2Q=$WORK/$W2.zcow.qcow2
+        log "Table D: making $W2Q with zcow (defaults)"
+        rm -f "$W2Q"
+        "$ZCOW" convert -q "$(IN "$W2")" "$W2Q"
+        RO=$WORK/out.raw
+        declare -A DALLOC
+        measure D.zcow "$W2Q" "$RO" "$LOCAL_LIMIT" "$ZCOW" convert -O raw "$W2Q" "$RO" &&
+            { DALLOC[zcow]=$(du -B1 "$RO" | cut -f1)
+              cmp -s "$(IN "$W2")" "$RO" && RESTORE_NOTE="zcow's restore is identical to $W2 (cmp)" ||
+              RESTORE_NOTE="zcow's restore DIFFERS from $W2 (cmp)"; }
+        measure D.qemu "$W2Q" "$RO" "$LOCAL_LIMIT" qemu-img convert -O raw "$W2Q" "$RO" &&
+            DALLOC[qemu]=$(du -B1 "$RO" | cut -f1)
+        measure D.qemunone "$W2Q" "$RO" "$LOCAL_LIMIT" qemu-img convert -O raw -T none -t none "$W2Q" "$RO" &&
+            DALLOC[qemunone]=$(du -B1 "$RO" | cut -f1)
+        rm -f "$RO" "$W2Q"
+        rpt ""
+        rpt "### Table D: restore of zcow's $W2 image to raw"
+        rpt ""
+        rpt "| command | wall s | CPU s | peak RSS MiB | src pages | out pages | allocated MiB | speed-up of zcow |"
+        rpt "|---|---|---|---|---|---|---|---|"
+        for k in zcow:'zcow `convert -O raw`' qemu:'qemu-img `convert -O raw`' qemunone:'qemu-img `convert -O raw -T none -t none`'; do
+            key=D.${k%%:*}
+            rpt "| ${k#*:} | $(fmt_s "$(med $key wall)") | $(fmt_s "$(med $key cpu)") | $(fmt_mib "$(med $key rss)" 1024) |" \
+                "$(med $key src_pages) | $(med $key out_pages) | $(fmt_mib "${DALLOC[${k%%:*}]:-}" 1) |" \
+                "$(ratio "$(med $key wall)" "$(med D.zcow wall)") |"
+        done
+        [ -n "$RESTORE_NOTE" ] && { rpt ""; rpt "$RESTORE_NOTE."; }
+    else
+        rpt ""
+        rpt "### Table D: skipped (\`zcow convert -O raw\` does not restore a qemu-img image correctly yet)"
+    fi
+    rm -f "$t.raw" "$t.qcow2" "$t.out"
+fi
+
+# ---------------------------------------------------------------- targets
+rpt ""
+rpt "### Targets (issue 3), from this run"
+rpt ""
+if want B && [ $HAVE_ZCOW = 1 ]; then
+    z=$(med B.W1.zlib wall); q=$(med B.W1.qnone wall); d=$(med B.W1.ddr wall)
+    verdict "$(chk le "$z" "$(mul "$q" 0.1)")" "W1: zcow $(fmt_s "$z") s ≤ 1/10 of qemu-img -t none $(fmt_s "$q") s (ratio $(ratio "$z" "$q" 3))"
+    verdict "$(chk le "$z" "$(mul "$d" 1.3)")" "W1: zcow $(fmt_s "$z") s ≤ 1.3 × dd read $(fmt_s "$d") s (ratio $(ratio "$z" "$d"))"
+    z=$(med B.W2.zlib wall); s=$(med B.W2.zstd wall); q=$(med B.W2.qnone wall)
+    zo=$(med B.W2.zlib out); so=$(med B.W2.zstd out); qo=$(med B.W2.qnone out)
+    verdict "$(chk le "$z" "$(mul "$q" 0.125)")" "W2: zcow zlib $(fmt_s "$z") s ≤ 1/8 of qemu-img -t none $(fmt_s "$q") s (ratio $(ratio "$z" "$q" 3))"
+    verdict "$(chk le "$zo" "$(mul "$qo" 1.05)")" "W2: zcow zlib output $(fmt_mib "$zo" 1) MiB ≤ 1.05 × qemu-img's $(fmt_mib "$qo" 1) MiB (ratio $(ratio "$zo" "$qo" 3))"
+    verdict "$(chk le "$s" "$(mul "$q" 0.125)")" "W2: zcow zstd $(fmt_s "$s") s ≤ 1/8 of qemu-img -t none (ratio $(ratio "$s" "$q" 3))"
+    verdict "$(chk le "$so" "$qo")" "W2: zcow zstd output $(fmt_mib "$so" 1) MiB ≤ qemu-img's zlib output $(fmt_mib "$qo" 1) MiB (ratio $(ratio "$so" "$qo" 3))"
+    z=$(med B.W3.zlib wall); d=$(med B.W3.ddrw wall)
+    verdict "$(chk le "$z" "$(mul "$d" 1.5)")" "W3: zcow $(fmt_s "$z") s ≤ 1.5 × dd read+write $(fmt_s "$d") s (ratio $(ratio "$z" "$d"))"
+    for w in W1 W2 W3; do
+        sp=$(med B.$w.zlib src_pages); op=$(med B.$w.zlib out_pages)
+        verdict "$(chk [ "$sp" = 0 -a "$op" = 0 ])" "$w: page-cache pages after zcow's default run: source $sp, output $op (target 0 and 0)"
+    done
+    maxrss=0
+    for w in W1 W2 W3; do r=$(med B.$w.zlib rss); isnum "$r" && [ "${r%.*}" -gt "$maxrss" ] && maxrss=${r%.*}; done
+    verdict "$(chk le "$maxrss" 65536)" "peak RSS at the default settings (W1-W3): $(fmt_mib "$maxrss" 1024) MiB ≤ 64 MiB"
+fi
+if want C && [ $HAVE_ZCOW = 1 ]; then
+    a=$(med C.small rss); b=$(med C.large rss)
+    verdict "$(chk le "$b" "$(mul "$a" 1.1)")" "memory flat: peak RSS $CLARGE $(fmt_mib "$b" 1024) MiB ≤ 1.1 × $CSMALL $(fmt_mib "$a" 1024) MiB"
+    r=$(ratio "$(med C.j1 wall)" "$(med C.j2 wall)")
+    verdict "$(chk le 1.7 "$r")" "scaling: -j 2 ÷ -j 1 speed-up on $W2 $r ≥ 1.7"
+fi
+if want D && [ -n "$(med D.zcow wall)" ]; then
+    r=$(ratio "$(med D.qemu wall)" "$(med D.zcow wall)")
+    verdict "$(chk le 4 "$r")" "restore: zcow $r× faster than qemu-img convert -O raw (target ≥ 4×)"
+fi
+rpt ""
+rpt "$PASSES passed, $FAILS failed"
+
+# ---------------------------------------------------------------- chart
+PNG=""
+if [ $CHART = 1 ] && want B && command -v gnuplot >/dev/null; then
+    DAT=$LOGDIR/tableB.dat
+    {
+        printf 'workload'
+        for r in qnone qwb qfastnone qfastwb zlib zstd ddr; do printf '\t"%s"' "$(B_label $r | tr -d '`' | sed 's/qemu-img -c -O qcow2 /qemu-img /; s/ iflag=direct bs=4M//')"; done
+        printf '\n'
+        for w in W1 W2 W3; do
+            printf '%s' "$w"
+            for r in qnone qwb qfastnone qfastwb zlib zstd ddr; do v=$(med B.$w.$r wall); isnum "$v" || v=NaN; printf '\t%s' "$v"; done
+            printf '\n'
+        done
+    } > "$DAT"
+    PNG=$RESULTS/$STAMP.png
+    gnuplot -e "datafile='$DAT'; outfile='$PNG'; titletext='zcow vs qemu-img: wall time, median of $RUNS run(s), $(hostname -s), $(nproc) CPUs'" \
+        "$HERE/plot.gp" 2>"$LOGDIR/gnuplot.err" || { warn "gnuplot failed: $(head -c 300 "$LOGDIR/gnuplot.err")"; PNG=""; }
+fi
+
+# ---------------------------------------------------------------- report
+commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git -C "$ROOT" status --porcelain -- lib cli include Makefile 2>/dev/null | wc -l)
+[ "$dirty" -gt 0 ] && commit="$commit (+ uncommitted changes in $dirty files of lib/ cli/ include/)"
+dev=$(findmnt -no SOURCE -T "$WORK"); fstype=$(findmnt -no FSTYPE -T "$WORK")
+bdev=$(basename "$(readlink -f "$dev" 2>/dev/null || echo "$dev")")
+rot=$(cat "/sys/class/block/$bdev/queue/rotational" 2>/dev/null || echo "?")
+FINAL=$RESULTS/$STAMP.md
+{
+    echo "# zcow benchmark, $(date '+%Y-%m-%d %H:%M %Z'), $(hostname -s)$( [ $QUICK = 1 ] && echo ' (quick smoke test: small inputs, 1 run; not for quoting)')"
+    echo ""
+    echo "- machine: $(nproc) CPUs, $(lscpu | sed -n 's/^Model name: *//p' | head -n 1), $(free -g | awk '/^Mem:/{print $2}') GiB RAM, kernel $(uname -r)"
+    echo "- work dir: $WORK on $dev ($fstype, rotational=$rot), $(numfmt --to=iec --suffix=B "$avail") free at start"
+    echo "- $(qemu-img --version | head -n 1); $(dd --version | head -n 1)"
+    echo "- zcow: $ZCOW, git commit $commit"
+    echo "- command: bench/run.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --tables $TABLES$( [ $HDD = 0 ] && echo ' --no-hdd')"
+    echo "- caches dropped before each run: $( [ "$DROP_OK" = 1 ] && echo yes || echo 'NO (not root?): warm-cache figures')"
+    echo "- inputs: W1 = $W1 of 0x01, W2 = $W2 raw ext4 made with mkfs.ext4 -d $W2_TREE, W3 = $W3 of random bytes; HDD: $HW1 of 0x01; C: $CSMALL, $CLARGE of 0x01"
+    echo "- raw per-run figures: $(basename "$RAW")$( [ -n "$PNG" ] && echo "; chart: $(basename "$PNG")")"
+    if want A; then
+        echo ""
+        echo "### Table A: the upstream comparison (64 KiB clusters, zlib)"
+    fi
+    cat "$REPORT"
+    [ -n "$PNG" ] && { echo ""; echo "![Table B wall times]($(basename "$PNG"))"; }
+} > "$FINAL"
+cat "$FINAL"
+log "written $FINAL${PNG:+ and $PNG}"
