@@ -14,7 +14,11 @@ static const char usage_text[] =
     "usage: zcow convert [-f raw|qcow2] [-O qcow2|raw] [-c] [-o OPTIONS] [-l LEVEL]\n"
     "                    [-j THREADS] [-t none|writeback] [-T none|writeback]\n"
     "                    [--write-cache=on|off] [--drop-pages] [-p] [--progress-fd=N] [-q]\n"
-    "                    SRC DST\n"
+    "                    [-B BACKING [-F qcow2|raw]] [--bitmap NAME] SRC DST\n"
+    "\n"
+    "  SRC is a file, a block device, a qcow2 image (its backing chain is\n"
+    "  flattened) or an NBD URI: nbd://HOST[:PORT]/EXPORT,\n"
+    "  nbd+unix:///EXPORT?socket=PATH (nbds:// and nbds+unix:// for TLS)\n"
     "\n"
     "  -f FMT        source format (probed by default)\n"
     "  -O FMT        output format: qcow2 (compressed, default) or raw (restore)\n"
@@ -28,7 +32,12 @@ static const char usage_text[] =
     "  --drop-pages  with -t writeback: drop each written cluster from the page cache\n"
     "  -p            show progress\n"
     "  --progress-fd=N  write 'N/100' progress lines to file descriptor N\n"
-    "  -q            quiet: no summary line\n";
+    "  -q            quiet: no summary line\n"
+    "  -B BACKING    the new image's backing file (stored as given; relative to\n"
+    "                DST's directory); zero stretches become zero clusters\n"
+    "  -F FMT        the backing file's format (probed by default)\n"
+    "  --bitmap NAME incremental backup: copy only the clusters dirty in the NBD\n"
+    "                source's bitmap NAME (qemu:dirty-bitmap:NAME); needs -B\n";
 
 struct progress {
     int show;          /* -p */
@@ -148,12 +157,13 @@ static void human_bytes(uint64_t n, char *buf, size_t cap)
 
 int cmd_convert(int argc, char **argv)
 {
-    enum { OPT_WRITE_CACHE = 256, OPT_DROP_PAGES, OPT_PROGRESS_FD };
+    enum { OPT_WRITE_CACHE = 256, OPT_DROP_PAGES, OPT_PROGRESS_FD, OPT_BITMAP };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "write-cache", required_argument, NULL, OPT_WRITE_CACHE },
         { "drop-pages", no_argument, NULL, OPT_DROP_PAGES },
         { "progress-fd", required_argument, NULL, OPT_PROGRESS_FD },
+        { "bitmap", required_argument, NULL, OPT_BITMAP },
         { NULL, 0, NULL, 0 },
     };
     struct zcow_convert_options o;
@@ -162,7 +172,7 @@ int cmd_convert(int argc, char **argv)
     int quiet = 0, c;
     long n;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:co:l:j:t:T:pqm:W", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hf:O:co:l:j:t:T:pqm:WB:F:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h': fputs(usage_text, stdout); return 0;
         case 'f': o.src_format = optarg; break;
@@ -190,6 +200,9 @@ int cmd_convert(int argc, char **argv)
             o.create.write_cache = !strcmp(optarg, "on");
             break;
         case OPT_DROP_PAGES: o.create.drop_pages = 1; break;
+        case 'B': o.create.backing_file = optarg; break;
+        case 'F': o.create.backing_format = optarg; break;
+        case OPT_BITMAP: o.bitmap = optarg; break;
         case OPT_PROGRESS_FD:
             if (parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0) return 1;
             prog.fd = (int)n;
@@ -209,6 +222,14 @@ int cmd_convert(int argc, char **argv)
     }
     if (o.create.drop_pages && o.create.cache_mode != ZCOW_CACHE_WRITEBACK) {
         die_msg("--drop-pages needs -t writeback (O_DIRECT leaves no pages)");
+        return 1;
+    }
+    if (o.bitmap && !o.create.backing_file) {
+        die_msg("--bitmap needs -B PREVIOUS (the backup the clean clusters are read from)");
+        return 1;
+    }
+    if (o.create.backing_format && !o.create.backing_file) {
+        die_msg("-F needs -B BACKING");
         return 1;
     }
     prog.tty = isatty(STDERR_FILENO);

@@ -185,6 +185,14 @@ struct zcow_convert_options {
     /* Called from one thread at a time, often, with bytes done so far. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *progress_opaque;
+    /* Added after 0.1 for incremental backups from NBD: */
+    const char *bitmap;           /* NULL, or a dirty bitmap of the NBD
+                                     source (meta context
+                                     "qemu:dirty-bitmap:NAME"): only its
+                                     dirty clusters are copied (a cluster
+                                     partly dirty, whole), the clean ones
+                                     are left to the backing file, which
+                                     create.backing_file must name */
 };
 
 struct zcow_convert_stats {
@@ -199,7 +207,15 @@ ZCOW_API void zcow_convert_options_init(struct zcow_convert_options *opts);
 
 /* Convert SRC to DST with THREADS workers.  The output is written to a
  * temporary file beside DST and renamed over DST only after it is complete
- * and on disk; on failure DST is untouched and the temporary file removed. */
+ * and on disk; on failure DST is untouched and the temporary file removed.
+ * SRC may be an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?
+ * socket=PATH, nbds://, nbds+unix://), read through libnbd.
+ * With create.backing_file, the name is stored as given and must open
+ * (relative to DST's directory), else -ENOENT or the open's error;
+ * create.backing_format NULL probes it; zero stretches of the source are
+ * stored as zero clusters.  Errors for BITMAP: -EINVAL without an NBD
+ * source, a backing file or a qcow2 output; -ENOENT when the server does
+ * not export it. */
 ZCOW_API int zcow_convert(const struct zcow_convert_options *opts,
                           struct zcow_convert_stats *stats);
 

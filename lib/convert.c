@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -34,6 +35,8 @@ struct job {
     uint32_t cluster_size;
     uint32_t segment;
     uint64_t size;               /* virtual size of the output */
+    bool zero_clusters;          /* zero stretches over a backing file are
+                                    stated as zero clusters, not skipped */
     atomic_ullong next_segment;
     atomic_ullong done_bytes;
     atomic_ullong n_copied;
@@ -99,6 +102,20 @@ static int convert_range(struct job *j, uint64_t off, uint64_t len, uint8_t *buf
     return zcow_write(j->img, off, buf, len);
 }
 
+/* [OFF, END) reads as zero: over a backing file that must be said, with
+ * zero clusters (an all-zero cluster is stored as one). */
+static int write_zero_clusters(struct job *j, uint64_t off, uint64_t end, uint8_t *cbuf)
+{
+    memset(cbuf, 0, j->cluster_size);
+    for (; off < end; off += j->cluster_size) {
+        uint64_t n = end - off < j->cluster_size ? end - off : j->cluster_size;
+        int r = zcow_write_cluster(j->img, off, cbuf, n);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
 /* One segment: split into data and zero extents at cluster granularity
  * (a cluster with any data in it is data). */
 static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t *cbuf)
@@ -118,6 +135,11 @@ static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_
             /* Whole clusters of the hole are skipped; a partial one is data. */
             uint64_t skip_end = end == seg_end ? end : end & ~(uint64_t)(j->cluster_size - 1);
             if (skip_end > off) {
+                if (j->zero_clusters) {
+                    int r = write_zero_clusters(j, off, skip_end, cbuf);
+                    if (r < 0)
+                        return r;
+                }
                 off = skip_end;
                 continue;
             }
@@ -207,6 +229,8 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     if (copts.virtual_size == 0)
         return zerr(EINVAL, "'%s': source is empty", src->name);
     struct job j = { .o = o, .src = src, .size = copts.virtual_size };
+    /* With a dirty bitmap the skipped stretches are the clean ones. */
+    j.zero_clusters = copts.backing_file && !o->bitmap;
     j.cluster_size = copts.cluster_size ? copts.cluster_size : 65536;
     int n = convert_threads(o);
     if (n > MAX_THREADS)
@@ -268,6 +292,75 @@ void zcow_convert_options_init(struct zcow_convert_options *o)
     o->src_cache = ZCOW_CACHE_NONE;
 }
 
+/* The backing file and bitmap options: consistent, and the backing file
+ * opens (as qemu-img checks), relative to the destination's directory.
+ * A missing backing format is probed and set in O. */
+static int check_backing(struct zcow_convert_options *o, const char *dst_format)
+{
+    const char *bf = o->create.backing_file;
+    if (o->bitmap) {
+        if (!source_is_nbd(o->src))
+            return zerr(EINVAL, "'%s': a dirty bitmap needs an NBD source (nbd://...)", o->src);
+        if (!bf)
+            return zerr(EINVAL, "a dirty bitmap needs a backing file (-B PREVIOUS): the "
+                                "clean clusters are read from it");
+    }
+    if (!bf) {
+        if (o->create.backing_format)
+            return zerr(EINVAL, "a backing format needs a backing file (-B)");
+        return 0;
+    }
+    if (strcmp(dst_format, "qcow2"))
+        return zerr(EINVAL, "a %s output cannot have a backing file", dst_format);
+    if (!*bf)
+        return zerr(EINVAL, "empty backing file name");
+    const char *fmt = o->create.backing_format;
+    if (fmt && strcmp(fmt, "qcow2") && strcmp(fmt, "raw"))
+        return zerr(EINVAL, "unknown backing format '%s' (qcow2 or raw)", fmt);
+    const char *slash = strrchr(o->dst, '/');
+    char *path;
+    if (bf[0] == '/' || !slash) {
+        path = strdup(bf);
+    } else {
+        size_t dir = (size_t)(slash - o->dst) + 1;
+        path = malloc(dir + strlen(bf) + 1);
+        if (path) {
+            memcpy(path, o->dst, dir);
+            strcpy(path + dir, bf);
+        }
+    }
+    if (!path)
+        return zerr(ENOMEM, "out of memory");
+    /* The new image replaces DST: it cannot be its own backing file. */
+    struct stat a, b;
+    if (stat(path, &a) == 0 && stat(o->dst, &b) == 0 && a.st_dev == b.st_dev &&
+        a.st_ino == b.st_ino) {
+        int e = zerr(EINVAL, "backing file '%s' is the destination itself", bf);
+        free(path);
+        return e;
+    }
+    zcow_image *img;
+    int r = zcow_open(path, fmt, 0, &img);
+    if (r < 0) {
+        char cause[400];
+        snprintf(cause, sizeof(cause), "%s", zcow_get_error());
+        if (strcmp(path, bf))
+            r = zerr(-r, "cannot open backing file '%s' (as '%s'): %s", bf, path, cause);
+        else
+            r = zerr(-r, "cannot open backing file '%s': %s", bf, cause);
+        free(path);
+        return r;
+    }
+    free(path);
+    if (!fmt) {
+        struct zcow_info info;
+        r = zcow_get_info(img, &info);
+        o->create.backing_format = r == 0 && !strcmp(info.format, "raw") ? "raw" : "qcow2";
+    }
+    zcow_close(img);
+    return r < 0 ? r : 0;
+}
+
 int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats *st)
 {
     struct zcow_convert_stats dummy;
@@ -279,10 +372,18 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     const char *dst_format = o->dst_format ? o->dst_format : "qcow2";
     if (strcmp(dst_format, "qcow2") && strcmp(dst_format, "raw"))
         return zerr(EINVAL, "unknown output format '%s' (qcow2 or raw)", dst_format);
+    struct zcow_convert_options oc = *o;
+    int r = check_backing(&oc, dst_format);
+    if (r < 0)
+        return r;
+    o = &oc;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct source *src;
-    int r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
+    if (o->bitmap)
+        r = source_nbd_open(o->src, o->bitmap, &src);
+    else
+        r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
     if (r < 0)
         return r;
     st->bytes_in = src->size;

@@ -36,6 +36,12 @@ static int probe(const char *name, const char **format)
 int source_open(const char *name, const char *format, bool direct, struct source **out)
 {
     *out = NULL;
+    if (source_is_nbd(name)) {
+        /* The export is read as raw bytes: QEMU exports its guest view. */
+        if (format && strcmp(format, "raw"))
+            return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", name, format);
+        return source_nbd_open(name, NULL, out);
+    }
     if (!format) {
         int r = probe(name, &format);
         if (r < 0)

@@ -1,5 +1,5 @@
 /* source.h - what a conversion reads from: a raw file or block device, a
- * qcow2 image (with its backing chain), later an NBD export.
+ * qcow2 image (with its backing chain), or an NBD export.
  *
  * One ops table per kind, implemented in source_<kind>.c.  Every member may
  * be called from many threads at once.  Failures return a negative errno
@@ -48,5 +48,16 @@ void source_close(struct source *s);
 /* The kinds (each in its own file). */
 int source_raw_open(const char *name, bool direct, struct source **out);
 int source_qcow2_open(const char *name, bool direct, struct source **out);
+
+/* NBD (source_nbd.c): is NAME an NBD URI (nbd://, nbds://, nbd+unix://,
+ * nbds+unix://)?  source_open() sends those to source_nbd_open().
+ * With BITMAP (a dirty bitmap the server exports as the meta context
+ * "qemu:dirty-bitmap:BITMAP"), the extent op reports the clean stretches
+ * as is_zero = 1 and the dirty ones as data: a conversion skips the clean
+ * stretches, leaving them to the new image's backing file.  Errors:
+ * -ENOENT when the server does not export the bitmap; connection errors
+ * name the URI and libnbd's cause. */
+bool source_is_nbd(const char *name);
+int source_nbd_open(const char *uri, const char *bitmap, struct source **out);
 
 #endif
