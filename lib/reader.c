@@ -250,11 +250,20 @@ static int map_qcow2(struct reader *r, uint64_t off, uint64_t max, struct mappin
     uint64_t cs = r->cluster_size;
     uint64_t ci = off >> r->cluster_bits;
     uint64_t in = off & (cs - 1);
+    memset(m, 0, sizeof(*m));
+    uint64_t l1i = ci >> r->l2_bits;
+    if (l1i >= r->l1_size || !(r->l1[l1i] & QCOW2_OFFSET_MASK)) {
+        /* No L2 table: the whole range it would map is unallocated. */
+        uint64_t span = cs << r->l2_bits;
+        uint64_t left = span - (off & (span - 1));
+        m->kind = ZCOW_CLUSTER_UNALLOCATED;
+        m->len = left < max ? left : max;
+        return 0;
+    }
     uint64_t entry, bitmap;
     int e = l2_entry(r, ci, &entry, &bitmap);
     if (e < 0)
         return e;
-    memset(m, 0, sizeof(*m));
     uint64_t end = cs;
     if (r->ext_l2 && !(entry & QCOW2_OFLAG_COMPRESSED)) {
         uint64_t scs = cs / SUBCLUSTERS;
@@ -469,8 +478,9 @@ int reader_extent(struct reader *r, uint64_t off, uint64_t *len, int *is_zero)
             *len = (uint64_t)h - off;
         return 0;
     }
-    /* Walk at most this far per call: callers loop anyway. */
-    uint64_t max = limit < (1ull << 30) ? limit : (1ull << 30);
+    /* Walk at most this far per call (callers loop anyway), so that a
+     * call costs little even with small clusters. */
+    uint64_t max = limit < (64ull << 20) ? limit : (64ull << 20);
     uint64_t done = 0;
     int zero = -1;
     while (done < max) {
