@@ -224,6 +224,7 @@ int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)
 {
     char *p = buf;
     size_t done = 0;
+    int stuck = 0;
     while (done < len) {
         ssize_t n = fault_pread(b->fd, p + done, len - done, (off_t)(off + done));
         if (n < 0) {
@@ -235,9 +236,24 @@ int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)
         if (n == 0)
             break;
         done += (size_t)n;
-        /* O_DIRECT: a short read that is not at an aligned end means EOF. */
-        if (b->direct && ((off + done) % BLK_ALIGN) != 0)
-            break;
+        /* O_DIRECT: a read that ends short of an aligned offset is at the
+         * end of the file, or was cut short (a signal, a network or FUSE
+         * file system): then read again from the last aligned offset, as
+         * O_DIRECT cannot resume in the middle of a block.  Taking it for
+         * the end would turn the rest of the request into zeros. */
+        if (b->direct && ((off + done) % BLK_ALIGN) != 0) {
+            struct stat st;
+            if (fstat(b->fd, &st) != 0 || !S_ISREG(st.st_mode) ||
+                off + done >= (uint64_t)st.st_size)
+                break;
+            size_t back = done & ~(size_t)(BLK_ALIGN - 1);
+            if (back <= done - (size_t)n && ++stuck > 3)
+                return zerr(EIO, "cannot read '%s' at offset %llu: short read before the end "
+                            "of the file", b->path, (unsigned long long)(off + done));
+            if (back > done - (size_t)n)
+                stuck = 0;
+            done = back;
+        }
     }
     return (int64_t)done;
 }
