@@ -4,17 +4,20 @@
  * The threads play the writer's allocator: under one mutex each takes the
  * next byte range (1 .. cluster_size-1 bytes, straddling into the next
  * cluster when it falls so; sometimes abandoning the rest of a cluster),
- * appends bytes derived from their offset, unlocks, and writes the clusters
- * its append finished.  Others flush and read back meanwhile.  At the end
- * every handed-out byte must be in the file, every other byte zero.
+ * appends bytes derived from their offset, unlocks, and writes the runs of
+ * finished clusters its append handed out.  Others flush and read back
+ * meanwhile.  At the end every handed-out byte must be in the file, every
+ * other byte zero.
  *
  * Also: back-pressure (never more than max_clusters cached, writers wait),
- * one aligned write per cluster (counted with ZCOW_FAULT_STATS in a child
+ * runs (contiguous clusters, only the last one not full, at most run_max),
+ * one aligned write per run (counted with ZCOW_FAULT_STATS in a child
  * process), read-your-writes, flush of an open cluster, and sticky errors
  * (a read-only descriptor; ZCOW_FAULT=write:3:EIO in a child process). */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 
@@ -145,12 +148,34 @@ static void read_back(struct sim *s, uint64_t *rs, uint8_t *tmp)
         }
 }
 
-static void write_finished(struct sim *s, struct cw_cluster **fin, unsigned n)
+/* A run handed out: contiguous clusters, all final, all full but the
+ * last, at most run_max of them.  Called without the lock: the run belongs
+ * to the caller until it is written. */
+static void check_run(const struct cwcache *c, const struct cw_run *run)
 {
-    for (unsigned i = 0; i < n; i++) {
-        int r = cw_write_finished(&s->c, fin[i]);
-        CHECKF(r == 0, "cw_write_finished: %s", strerror(-r));
+    CHECKF(run->n >= 1 && run->n <= c->run_max, "run of %u clusters (at most %u)", run->n,
+           c->run_max);
+    const struct cw_cluster *cl = run->first;
+    for (unsigned i = 0; i < run->n && cl; i++, cl = cl->run_next) {
+        CHECK(cl->final);
+        CHECKF(i + 1 == run->n || cl->end == c->cluster_size,
+               "cluster %u of a run of %u holds %u bytes: a write would carry its unused tail",
+               i, run->n, cl->end);
+        if (i + 1 < run->n)
+            CHECKF(cl->run_next && cl->run_next->index == cl->index + 1,
+                   "run not contiguous after cluster %llu", (unsigned long long)cl->index);
     }
+}
+
+static void write_ready(struct sim *s, struct cw_ready *ready)
+{
+    CHECK(ready->n <= CW_MAX_RUNS);
+    for (unsigned i = 0; i < ready->n; i++) {
+        check_run(&s->c, &ready->runs[i]);
+        int r = cw_write_run(&s->c, &ready->runs[i]);
+        CHECKF(r == 0, "cw_write_run: %s", strerror(-r));
+    }
+    ready->n = 0;
 }
 
 static void *sim_thread(void *arg)
@@ -165,8 +190,7 @@ static void *sim_thread(void *arg)
         goto out;
     }
     for (;;) {
-        struct cw_cluster *fin[4];
-        unsigned nfin = 0;
+        struct cw_ready ready = { .n = 0 };
         /* Mostly small chunks, as compressed clusters are; sometimes up to
          * a whole cluster less one byte. */
         uint32_t len = unit_rand(&rs) % 4 ? (uint32_t)unit_range(&rs, 1, s->cs / 8 + 1)
@@ -183,15 +207,15 @@ static void *sim_thread(void *arg)
             /* Abandon the rest of the cluster: explicitly, or by appending
              * at the next cluster's start (which closes the open one). */
             if (unit_rand(&rs) % 2)
-                cw_close_open(&s->c, fin, &nfin);
+                cw_close_open(&s->c, &ready);
             s->next += s->cs - at;
             s->abandons++;
         }
         uint64_t off = s->next;
         fill_pattern(buf, off, len);
-        int r = cw_append(&s->c, off, buf, len, fin, &nfin);
+        int r = cw_append(&s->c, off, buf, len, &ready);
         CHECKF(r == 0, "cw_append at %llu len %u: %d", (unsigned long long)off, len, r);
-        CHECK(nfin <= 2);
+        CHECK(ready.n <= 2);
         mark_used(s, off, len);
         s->next += len;
         s->appends++;
@@ -201,7 +225,7 @@ static void *sim_thread(void *arg)
             s->max_seen = s->c.n_clusters;
         pthread_mutex_unlock(&s->lock);
 
-        write_finished(s, fin, nfin);
+        write_ready(s, &ready);
 
         uint64_t dice = unit_rand(&rs) % 64;
         if (dice == 0) {
@@ -303,22 +327,22 @@ static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads
     free(ta);
 
     /* The end of the image: the open cluster is closed and written. */
-    struct cw_cluster *fin[4];
-    unsigned nfin = 0;
+    struct cw_ready ready = { .n = 0 };
     pthread_mutex_lock(&s->lock);
-    cw_close_open(&s->c, fin, &nfin);
+    cw_close_open(&s->c, &ready);
     pthread_mutex_unlock(&s->lock);
-    write_finished(s, fin, nfin);
+    write_ready(s, &ready);
     CHECK(cw_flush(&s->c) == 0);
     CHECKF(s->c.n_clusters == 0, "%u clusters still cached at the end", s->c.n_clusters);
     CHECK(s->c.open == NULL);
     CHECK(s->max_seen <= s->c.max_clusters);
     CHECK(s->c.error == 0);
     verify_file(s, path);
-    printf("  cluster %u KiB, bound %u, %s, %d threads: %.1f MiB in %ld appends "
+    printf("  cluster %u KiB, bound %u, runs of %u, %s, %d threads: %.1f MiB in %ld appends "
            "(%ld abandoned tails), %ld flushes, %ld cached + %ld disk reads, "
            "at most %u cached, %.2f s\n",
-           s->cs >> 10, s->c.max_clusters, s->file.direct ? "O_DIRECT" : "page cache", threads,
+           s->cs >> 10, s->c.max_clusters, s->c.run_max,
+           s->file.direct ? "O_DIRECT" : "page cache", threads,
            (double)(s->next - s->base) / (1 << 20), s->appends, s->abandons, s->flushes,
            s->cached_reads, s->disk_reads, s->max_seen, unit_now() - t0);
     fflush(stdout);
@@ -355,6 +379,19 @@ static void sleep_ms(int ms)
     nanosleep(&ts, NULL);
 }
 
+/* Runs handed out across several calls, kept until written. */
+struct held {
+    struct cw_run runs[64];
+    unsigned n;
+};
+
+static void hold(struct held *h, struct cw_ready *ready)
+{
+    for (unsigned i = 0; i < ready->n && h->n < 64; i++)
+        h->runs[h->n++] = ready->runs[i];
+    ready->n = 0;
+}
+
 struct flusher {
     struct cwcache *c;
     atomic_int done;
@@ -369,8 +406,13 @@ static void *flush_thread(void *arg)
     return NULL;
 }
 
+/* 1 MiB clusters: a run is one cluster (runs are about 1 MiB), and the
+ * cache's smallest bound is three clusters - the cases below count on
+ * both, and check them first. */
+enum { DET_CB = 20 };
+
 /* A flush returns only once every cluster finished before it is written:
- * a finished cluster still held by its writer makes it wait. */
+ * a run handed out but still held by its writer makes it wait. */
 static void test_flush_waits(void)
 {
     char path[4200];
@@ -378,26 +420,25 @@ static void test_flush_waits(void)
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     struct blk file;
     struct cwcache c;
-    unsigned cb = 12;
-    uint32_t cs = 1u << cb;
+    uint32_t cs = 1u << DET_CB;
     if (blk_create(&file, path, false, false, false) != 0) {
         CHECK(!"blk_create");
         return;
     }
-    CHECK(cw_init(&c, &lock, &file, cb, 8) == 0);
+    CHECK(cw_init(&c, &lock, &file, DET_CB, 8) == 0);
+    CHECK(c.run_max == 1);
     uint8_t *buf = malloc(2 * cs);
     fill_pattern(buf, cs, 2 * cs);
-    struct cw_cluster *fin[4];
-    unsigned nfin = 0;
+    struct cw_ready ready = { .n = 0 };
     pthread_mutex_lock(&lock);
-    CHECK(cw_append(&c, cs, buf, cs + 100, fin, &nfin) == 0 && nfin == 1);
+    CHECK(cw_append(&c, cs, buf, cs + 100, &ready) == 0 && ready.n == 1);
     pthread_mutex_unlock(&lock);
     struct flusher f = { &c, 0, 0 };
     pthread_t t;
     CHECK(pthread_create(&t, NULL, flush_thread, &f) == 0);
     sleep_ms(150);
     CHECKF(atomic_load(&f.done) == 0, "cw_flush returned before a finished cluster was written");
-    CHECK(cw_write_finished(&c, fin[0]) == 0);
+    CHECK(cw_write_run(&c, &ready.runs[0]) == 0);
     pthread_join(t, NULL);
     CHECK(f.result == 0);
     /* Both the finished cluster and the open one's prefix are on disk. */
@@ -421,24 +462,25 @@ static void test_sequential(void)
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     struct blk file;
     struct cwcache c;
-    unsigned cb = 16;
+    unsigned cb = DET_CB;
     uint32_t cs = 1u << cb;
     if (blk_create(&file, path, true, false, false) != 0) {
         CHECK(!"blk_create");
         return;
     }
-    CHECK(cw_init(&c, &lock, &file, cb, 3) == 0);
-    CHECK(c.max_clusters == 3);
+    CHECK(cw_init(&c, &lock, &file, cb, 1) == 0);
+    CHECKF(c.max_clusters == 3 && c.run_max == 1, "bound %u, runs of %u", c.max_clusters,
+           c.run_max);
     uint8_t *buf = malloc(cs), *rd = blk_alloc(cs);
 
     /* A partial cluster, flushed: its bytes reach the file, and it stays
      * open for more. */
-    struct cw_cluster *fin[8];
-    unsigned nfin = 0;
+    struct cw_ready ready = { .n = 0 };
+    struct held h = { .n = 0 };
     uint64_t base = 4ull << cb;
     fill_pattern(buf, base, 1000);
     pthread_mutex_lock(&lock);
-    CHECK(cw_append(&c, base, buf, 1000, fin, &nfin) == 0 && nfin == 0);
+    CHECK(cw_append(&c, base, buf, 1000, &ready) == 0 && ready.n == 0);
     CHECK(c.n_clusters == 1);
     memset(rd, 0xee, cs);
     CHECK(cw_read_cached(&c, base + 500, rd, 1000) == 1000);
@@ -459,18 +501,21 @@ static void test_sequential(void)
     /* Fill it up, straddling into the next: the first finishes. */
     fill_pattern(buf, base + 1000, cs);
     pthread_mutex_lock(&lock);
-    CHECK(cw_append(&c, base + 1000, buf, cs - 1000 + 10, fin, &nfin) == 0);
-    CHECKF(nfin == 1 && fin[0]->index == base >> cb && fin[0]->final && fin[0]->end == cs,
-           "straddling append: %u finished", nfin);
+    CHECK(cw_append(&c, base + 1000, buf, cs - 1000 + 10, &ready) == 0);
+    CHECKF(ready.n == 1 && ready.runs[0].n == 1 && ready.runs[0].first->index == base >> cb &&
+               ready.runs[0].first->final && ready.runs[0].first->end == cs,
+           "straddling append: %u runs", ready.n);
     CHECK(c.open && c.open->index == (base >> cb) + 1 && c.open->end == 10);
+    hold(&h, &ready);
     /* An append that does not continue the open cluster is refused. */
-    CHECK(cw_append(&c, base + cs + 11, buf, 5, fin, &nfin) < 0);
-    CHECK(nfin == 1 && c.open && c.open->end == 10);
+    CHECK(cw_append(&c, base + cs + 11, buf, 5, &ready) < 0);
+    CHECK(ready.n == 0 && c.open && c.open->end == 10);
     /* Abandon the second cluster; start a third: three cached, the bound. */
-    cw_close_open(&c, fin, &nfin);
-    CHECK(nfin == 2 && c.open == NULL);
+    cw_close_open(&c, &ready);
+    CHECK(ready.n == 1 && c.open == NULL);
+    hold(&h, &ready);
     fill_pattern(buf, base + 2 * cs, 100);
-    CHECK(cw_append(&c, base + 2 * cs, buf, 100, fin, &nfin) == 0);
+    CHECK(cw_append(&c, base + 2 * cs, buf, 100, &ready) == 0 && ready.n == 0);
     CHECK(c.n_clusters == 3);
     pthread_mutex_unlock(&lock);
 
@@ -480,12 +525,12 @@ static void test_sequential(void)
     CHECK(pthread_create(&t, NULL, wait_for_room_thread, &w) == 0);
     sleep_ms(150);
     CHECKF(atomic_load(&w.passed) == 0, "cw_wait_for_room did not wait with the cache full");
-    CHECK(cw_write_finished(&c, fin[0]) == 0);
+    CHECK(h.n == 2 && cw_write_run(&c, &h.runs[0]) == 0);
     for (int i = 0; i < 200 && !atomic_load(&w.passed); i++)
         sleep_ms(10);
     CHECKF(atomic_load(&w.passed) == 1, "cw_wait_for_room still waiting with room free");
     pthread_join(t, NULL);
-    CHECK(cw_write_finished(&c, fin[1]) == 0);
+    CHECK(cw_write_run(&c, &h.runs[1]) == 0);
     CHECK(c.n_clusters == 1);
 
     /* The first cluster is on disk whole; the second holds its 10 bytes
@@ -503,10 +548,9 @@ static void test_sequential(void)
     CHECKF(bad == 0, "%ld bytes of the abandoned cluster wrong on disk", bad);
 
     pthread_mutex_lock(&lock);
-    nfin = 0;
-    cw_close_open(&c, fin, &nfin);
+    cw_close_open(&c, &ready);
     pthread_mutex_unlock(&lock);
-    CHECK(nfin == 1 && cw_write_finished(&c, fin[0]) == 0);
+    CHECK(ready.n == 1 && cw_write_run(&c, &ready.runs[0]) == 0);
     CHECK(c.n_clusters == 0);
     struct stat st;
     fstat(fd, &st);
@@ -517,6 +561,68 @@ static void test_sequential(void)
     free(whole);
     free(buf);
     free(rd);
+    cw_free(&c);
+    blk_close(&file);
+    unlink(path);
+}
+
+/* Small clusters gather into runs: contiguous full clusters, written with
+ * one write; a cluster left part-full ends its run. */
+static void test_runs(void)
+{
+    char path[4200];
+    make_path(path, sizeof(path), "runs.img");
+    pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+    struct blk file;
+    struct cwcache c;
+    unsigned cb = 12;
+    uint32_t cs = 1u << cb;
+    if (blk_create(&file, path, true, false, false) != 0) {
+        CHECK(!"blk_create");
+        return;
+    }
+    CHECK(cw_init(&c, &lock, &file, cb, 1) == 0);
+    CHECKF(c.run_max > 1 && c.max_clusters >= c.run_max + 2, "bound %u, runs of %u",
+           c.max_clusters, c.run_max);
+    uint32_t total = 10 * cs + 123;
+    uint8_t *buf = malloc(total);
+    uint64_t base = 3ull << cb;
+    fill_pattern(buf, base, total);
+    struct cw_ready ready = { .n = 0 };
+    pthread_mutex_lock(&lock);
+    /* Chunks straddling cluster boundaries, back to back. */
+    for (uint32_t at = 0; at < total;) {
+        uint32_t n = total - at < cs - 1 ? total - at : cs - 1;
+        CHECK(cw_append(&c, base + at, buf + at, n, &ready) == 0);
+        at += n;
+    }
+    CHECKF(ready.n == 0, "%u runs handed out before the run could grow no more", ready.n);
+    /* Gathered but not handed out: still served from the cache. */
+    uint8_t rd[64];
+    CHECK(cw_read_cached(&c, base + 5 * cs + 7, rd, 64) == 64 && memcmp(rd, buf + 5 * cs + 7, 64) == 0);
+    cw_close_open(&c, &ready);
+    pthread_mutex_unlock(&lock);
+    CHECKF(ready.n == 1 && ready.runs[0].n == 11, "%u runs, the first of %u clusters", ready.n,
+           ready.n ? ready.runs[0].n : 0);
+    if (ready.n == 1) {
+        const struct cw_cluster *cl = ready.runs[0].first;
+        for (unsigned i = 0; cl && i < ready.runs[0].n; i++, cl = cl->run_next) {
+            CHECK(cl->index == (base >> cb) + i);
+            CHECK(cl->end == (i < 10 ? cs : 123));
+        }
+        CHECK(cw_write_run(&c, &ready.runs[0]) == 0);
+    }
+    CHECK(c.n_clusters == 0);
+    int fd = open(path, O_RDONLY);
+    uint8_t *disk = malloc(total);
+    CHECK(fd >= 0 && pread(fd, disk, total, (off_t)base) == (ssize_t)total);
+    CHECK(memcmp(disk, buf, total) == 0);
+    struct stat st;
+    fstat(fd, &st);
+    CHECK((uint64_t)st.st_size == base + 10 * cs + BLK_ALIGN);
+    close(fd);
+    free(disk);
+    free(buf);
     cw_free(&c);
     blk_close(&file);
     unlink(path);
@@ -535,42 +641,44 @@ static void test_sticky_readonly(void)
     struct blk file;
     CHECK(blk_open_read(&file, path, false) == 0);
     struct cwcache c;
-    unsigned cb = 12;
+    unsigned cb = DET_CB;
     uint32_t cs = 1u << cb;
-    CHECK(cw_init(&c, &lock, &file, cb, 4) == 0);
+    CHECK(cw_init(&c, &lock, &file, cb, 1) == 0);
     uint8_t *buf = malloc(cs);
     fill_pattern(buf, 0, cs);
-    struct cw_cluster *fin[8];
-    unsigned nfin = 0;
+    struct cw_ready ready = { .n = 0 };
+    struct held h = { .n = 0 };
 
     pthread_mutex_lock(&lock);
-    CHECK(cw_append(&c, cs, buf, cs, fin, &nfin) == 0 && nfin == 1);
+    CHECK(cw_append(&c, cs, buf, cs, &ready) == 0 && ready.n == 1);
     pthread_mutex_unlock(&lock);
-    int first = cw_write_finished(&c, fin[0]);
+    int first = ready.n ? cw_write_run(&c, &ready.runs[0]) : 0;
+    ready.n = 0;
     CHECKF(first < 0, "a write to a read-only descriptor succeeded (%d)", first);
     CHECK(c.error == first);
 
     for (int round = 0; round < 3; round++) {
-        nfin = 0;
         pthread_mutex_lock(&lock);
         cw_wait_for_room(&c); /* must not block on an error */
-        CHECK(cw_append(&c, (uint64_t)(2 + round) * cs, buf, 100, fin, &nfin) == 0);
-        cw_close_open(&c, fin, &nfin);
+        CHECK(cw_append(&c, (uint64_t)(2 + round) * cs, buf, 100, &ready) == 0);
+        cw_close_open(&c, &ready);
         pthread_mutex_unlock(&lock);
-        for (unsigned i = 0; i < nfin; i++)
-            CHECKF(cw_write_finished(&c, fin[i]) == first, "a later write forgot the error");
+        CHECK(ready.n == 1);
+        for (unsigned i = 0; i < ready.n; i++)
+            CHECKF(cw_write_run(&c, &ready.runs[i]) == first, "a later write forgot the error");
+        ready.n = 0;
         CHECKF(cw_flush(&c) == first, "a later flush forgot the error");
     }
     /* A full cache after an error: writers must not wait for room that a
      * failed write will never free. */
-    nfin = 0;
     pthread_mutex_lock(&lock);
-    for (int k = 0; k < 4; k++) {
-        CHECK(cw_append(&c, (uint64_t)(20 + k) * cs, buf, 10, fin, &nfin) == 0);
-        if (k < 3)
-            cw_close_open(&c, fin, &nfin);
+    for (unsigned k = 0; k < c.max_clusters; k++) {
+        CHECK(cw_append(&c, (uint64_t)(20 + k) * cs, buf, 10, &ready) == 0);
+        if (k + 1 < c.max_clusters)
+            cw_close_open(&c, &ready);
+        hold(&h, &ready);
     }
-    CHECK(c.n_clusters == 4 && nfin == 3);
+    CHECK(c.n_clusters == c.max_clusters && h.n == c.max_clusters - 1);
     pthread_mutex_unlock(&lock);
     struct waiter w = { &c, &lock, 0 };
     pthread_t t;
@@ -578,22 +686,21 @@ static void test_sticky_readonly(void)
     for (int i = 0; i < 100 && !atomic_load(&w.passed); i++)
         sleep_ms(10);
     CHECKF(atomic_load(&w.passed) == 1, "cw_wait_for_room blocks after an I/O error");
-    for (unsigned i = 0; i < nfin; i++)
-        CHECK(cw_write_finished(&c, fin[i]) == first);
+    for (unsigned i = 0; i < h.n; i++)
+        CHECK(cw_write_run(&c, &h.runs[i]) == first);
     pthread_join(t, NULL);
     pthread_mutex_lock(&lock);
-    nfin = 0;
-    cw_close_open(&c, fin, &nfin);
+    cw_close_open(&c, &ready);
     pthread_mutex_unlock(&lock);
-    for (unsigned i = 0; i < nfin; i++)
-        CHECK(cw_write_finished(&c, fin[i]) == first);
+    for (unsigned i = 0; i < ready.n; i++)
+        CHECK(cw_write_run(&c, &ready.runs[i]) == first);
+    ready.n = 0;
 
     /* Cached data stays readable after the error. */
-    nfin = 0;
     pthread_mutex_lock(&lock);
-    CHECK(cw_append(&c, 9ull * cs, buf, 50, fin, &nfin) == 0);
+    CHECK(cw_append(&c, 90ull * cs, buf, 50, &ready) == 0);
     uint8_t rd[50];
-    CHECK(cw_read_cached(&c, 9ull * cs, rd, 50) == 50 && memcmp(rd, buf, 50) == 0);
+    CHECK(cw_read_cached(&c, 90ull * cs, rd, 50) == 50 && memcmp(rd, buf, 50) == 0);
     pthread_mutex_unlock(&lock);
     CHECK(cw_flush(&c) == first);
     free(buf);
@@ -604,64 +711,72 @@ static void test_sticky_readonly(void)
 
 /* ---- child processes (fault injection reads its environment once) ------ */
 
-/* Sequential clusters, no flush: returns the number of clusters written. */
-static int write_sequential(const char *path, unsigned cb, int clusters, int *results)
+/* CLUSTERS sequential clusters of 64 KiB, no flush, the last one part-full;
+ * stores the result of each run's write in RESULTS (room for 64), then the
+ * result of a flush.  Returns the number of runs written, or -1. */
+static int write_sequential(const char *path, int clusters, int *results)
 {
     pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
     struct blk file;
     struct cwcache c;
+    unsigned cb = 16;
     uint32_t cs = 1u << cb;
     if (blk_create(&file, path, true, false, false) != 0 || cw_init(&c, &lock, &file, cb, 4) != 0)
         return -1;
     uint8_t *buf = malloc(cs);
-    uint64_t off = cs;
-    int written = 0;
+    uint64_t off = cs, end = cs + (uint64_t)clusters * cs - cs / 2;
+    int runs = 0;
     uint64_t rs = unit_stream(7);
-    while (written < clusters) {
+    while (off < end) {
         uint32_t len = (uint32_t)unit_range(&rs, 1, cs - 1);
-        struct cw_cluster *fin[4];
-        unsigned nfin = 0;
+        if (len > end - off)
+            len = (uint32_t)(end - off);
+        struct cw_ready ready = { .n = 0 };
         fill_pattern(buf, off, len);
         pthread_mutex_lock(&lock);
         cw_wait_for_room(&c);
-        cw_append(&c, off, buf, len, fin, &nfin);
-        if (written + (int)nfin == clusters - 1 && c.open) /* the image ends */
-            cw_close_open(&c, fin, &nfin);
-        pthread_mutex_unlock(&lock);
+        cw_append(&c, off, buf, len, &ready);
         off += len;
-        for (unsigned i = 0; i < nfin; i++) {
-            int r = cw_write_finished(&c, fin[i]);
-            if (results && written < clusters)
-                results[written] = r;
-            written++;
+        if (off == end) /* the image ends */
+            cw_close_open(&c, &ready);
+        pthread_mutex_unlock(&lock);
+        for (unsigned i = 0; i < ready.n; i++) {
+            int r = cw_write_run(&c, &ready.runs[i]);
+            if (results && runs < 64)
+                results[runs] = r;
+            runs++;
         }
     }
-    if (results)
-        results[clusters] = cw_flush(&c);
+    if (results && runs < 64)
+        results[runs] = cw_flush(&c);
     free(buf);
     cw_free(&c);
     blk_close(&file);
-    return written;
+    return runs;
 }
 
+/* Exit status: the number of runs written (the parent compares it with the
+ * writes counted), or 255. */
 static int child_stats(const char *path)
 {
-    int n = write_sequential(path, 16, 20, NULL);
+    int n = write_sequential(path, 40, NULL);
     unlink(path);
-    return n == 20 ? 0 : 1;
+    return n > 0 && n < 255 ? n : 255;
 }
 
 static int child_fault(const char *path)
 {
-    int results[31];
-    int n = write_sequential(path, 12, 30, results);
-    CHECK(n == 30);
+    int results[65];
+    int n = write_sequential(path, 60, results);
+    CHECKF(n >= 4, "60 clusters of 64 KiB in %d runs", n);
+    if (n < 4 || n > 63)
+        return unit_done();
     CHECKF(results[0] == 0 && results[1] == 0, "writes before the fault failed: %d %d",
            results[0], results[1]);
     CHECKF(results[2] == -EIO, "the injected fault was not returned: %d", results[2]);
-    for (int i = 3; i < 30; i++)
+    for (int i = 3; i < n; i++)
         CHECKF(results[i] == -EIO, "write %d after the fault returned %d", i + 1, results[i]);
-    CHECKF(results[30] == -EIO, "flush after the fault returned %d", results[30]);
+    CHECKF(results[n] == -EIO, "flush after the fault returned %d", results[n]);
     unlink(path);
     return unit_done();
 }
@@ -684,12 +799,14 @@ static int run_child(const char *mode, const char *env_name, const char *env_val
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
-static void test_one_write_per_cluster(void)
+/* One aligned write per run, and fewer writes than clusters. */
+static void test_one_write_per_run(void)
 {
     char path[4200], stats[4200];
     make_path(path, sizeof(path), "stats.img");
     make_path(stats, sizeof(stats), "stats.txt");
-    CHECK(run_child("--child-stats", "ZCOW_FAULT_STATS", stats, path) == 0);
+    int runs = run_child("--child-stats", "ZCOW_FAULT_STATS", stats, path);
+    CHECKF(runs > 0 && runs < 255, "stats child: exit %d", runs);
     FILE *f = fopen(stats, "r");
     CHECKF(f != NULL, "no stats from the child");
     long writes = -1;
@@ -700,7 +817,8 @@ static void test_one_write_per_cluster(void)
             writes = n;
     if (f)
         fclose(f);
-    CHECKF(writes == 20, "20 clusters took %ld writes, want one each", writes);
+    CHECKF(writes == runs, "%d runs took %ld writes, want one each", runs, writes);
+    CHECKF(runs < 40, "40 contiguous clusters of 64 KiB in %d runs: not gathered", runs);
     unlink(stats);
 }
 
@@ -712,8 +830,21 @@ static void test_sticky_injected(void)
     CHECKF(r == 0, "child with ZCOW_FAULT=write:3:EIO: exit %d", r);
 }
 
+/* A deadlock must end the test, not the test run's timeout. */
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "test_cwcache: still running after the watchdog's limit: "
+                              "a deadlock?\n";
+    if (write(2, msg, sizeof(msg) - 1) < 0) {
+    }
+    _exit(1);
+}
+
 int main(int argc, char **argv)
 {
+    signal(SIGALRM, on_alarm);
+    alarm(UNIT_SANITIZED ? 300 : 120);
     if (argc == 3 && strcmp(argv[1], "--child-stats") == 0) {
         unit_init("test_cwcache (stats child)");
         return child_stats(argv[2]);
@@ -729,21 +860,24 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_cwcache: cannot create '%s': %s\n", tmpdir, strerror(errno));
         return 1;
     }
-    test_one_write_per_cluster();
+    test_one_write_per_run();
     test_sticky_injected();
     test_sequential();
+    test_runs();
     test_flush_waits();
     test_sticky_readonly();
 
     /* Many threads, as backup software calls the library.  Bounds from the
-     * smallest the cache allows (3: writers wait often) to roomy. */
+     * smallest the cache allows (writers wait often) to roomy; cw_init
+     * raises a bound below what a run needs. */
     int threads = 16;
     unsigned scale = UNIT_SANITIZED ? 2 : 0; /* smaller under the sanitizers */
     run_sim(12, 3, true, threads, 4u << 20 >> scale, 1);
     run_sim(16, 3, true, threads, 16u << 20 >> scale, 2);
-    run_sim(16, 16, false, threads, 16u << 20 >> scale, 3);
-    run_sim(21, 4, true, threads, 32u << 20 >> scale, 4);
-    run_sim(12, 64, false, threads, 4u << 20 >> scale, 5);
+    run_sim(16, 64, false, threads, 16u << 20 >> scale, 3);
+    run_sim(20, 3, true, threads, 16u << 20 >> scale, 4);
+    run_sim(21, 3, true, threads, 32u << 20 >> scale, 5);
+    run_sim(12, 600, false, threads, 4u << 20 >> scale, 6);
 
     rmdir(tmpdir);
     return unit_done();

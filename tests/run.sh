@@ -1,0 +1,207 @@
+#!/usr/bin/env bash
+# run.sh - zcow's whole test suite (`make check`).
+#
+# Stages:
+#   a. `make` and `make tests` (build/, -O2): every unit test, every
+#      tests/interop/*.sh, and ../shared/acceptance/quick.sh when present;
+#   b. the same unit and interop tests built with ASan+UBSan
+#      (build-address-undefined/);
+#   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
+#      cache test and a conversion with -j 4;
+#   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
+#      Makefile has it.
+# Any sanitizer report fails the test that produced it (reports are written
+# to files with log_path and looked for after each test).
+#
+# Each test runs under a timeout, two at a time (JOBS), and prints one line:
+# `ok`, `not ok` or `skip` (exit 77: an optional peer is missing).  The last
+# line is `N passed, N failed`; skips are listed on the line before.  The
+# exit status is 0 only when nothing failed.  Logs: build/test-logs/.
+#
+# Environment: JOBS (2), TEST_TIMEOUT (600 s per test), TEST_SEED (passed
+# on to every randomised test), STAGES (default "a b c d", e.g. STAGES=a).
+set -u
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+
+# ---- one test (run by xargs, in parallel) ---------------------------------
+if [ "${1:-}" = --one ]; then
+    id=$2
+    dir=$RUN_LOGDIR
+    start=$(date +%s.%N)
+    mkdir -p "$dir/$id.san"
+    timeout -k 10 "$RUN_TIMEOUT" bash "$dir/$id.spec" >"$dir/$id.log" 2>&1 </dev/null
+    rc=$?
+    secs=$(awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    name=$(cat "$dir/$id.name")
+    note=""
+    if [ -n "$(ls -A "$dir/$id.san" 2>/dev/null)" ]; then
+        {
+            echo "---- sanitizer reports ----"
+            cat "$dir/$id.san"/*
+        } >>"$dir/$id.log"
+        note=" # sanitizer report"
+        rc=99
+    fi
+    case $rc in
+    0) result=ok ;;
+    77) result=skip ;;
+    124 | 137) result="not ok"; note=" # timeout after ${RUN_TIMEOUT}s" ;;
+    *) result="not ok"; [ -n "$note" ] || note=" # exit $rc" ;;
+    esac
+    echo "$result" >"$dir/$id.result"
+    printf '%-6s %s (%ss)%s\n' "$result" "$name" "$secs" "$note"
+    exit 0
+fi
+
+JOBS=${JOBS:-2}
+TEST_TIMEOUT=${TEST_TIMEOUT:-600}
+STAGES=${STAGES:-a b c d}
+LOGDIR=$ROOT/build/test-logs
+rm -rf "$LOGDIR"
+mkdir -p "$LOGDIR" || exit 1
+export RUN_LOGDIR=$LOGDIR RUN_TIMEOUT=$TEST_TIMEOUT
+export TEST_SEED=${TEST_SEED:-$(( ($(date +%s) ^ $$) % 1000000 ))}
+
+passed=0
+failed=0
+skipped=()
+t_start=$(date +%s)
+
+echo "# zcow tests: TEST_SEED=$TEST_SEED JOBS=$JOBS logs in $LOGDIR"
+
+# tally ID...: count results; print the log tail of every failure.
+tally() {
+    local id r
+    for id in "$@"; do
+        r=$(cat "$LOGDIR/$id.result" 2>/dev/null || echo "not ok")
+        case $r in
+        ok) passed=$((passed + 1)) ;;
+        skip) skipped+=("$(cat "$LOGDIR/$id.name")") ;;
+        *)
+            failed=$((failed + 1))
+            echo "# --- $(cat "$LOGDIR/$id.name"): last lines of $LOGDIR/$id.log"
+            tail -n 25 "$LOGDIR/$id.log" | sed 's/^/#   /'
+            ;;
+        esac
+    done
+}
+
+# build ID NAME MAKE-ARGS...: a build step, counted as a test.
+build() {
+    local id=$1 name=$2
+    shift 2
+    local start rc
+    start=$(date +%s)
+    echo "$name" >"$LOGDIR/$id.name"
+    make -j"$JOBS" "$@" >"$LOGDIR/$id.log" 2>&1
+    rc=$?
+    if [ $rc -eq 0 ]; then
+        echo ok >"$LOGDIR/$id.result"
+        printf '%-6s %s (%ss)\n' ok "$name" $(($(date +%s) - start))
+    else
+        echo "not ok" >"$LOGDIR/$id.result"
+        printf '%-6s %s (%ss) # exit %s\n' "not ok" "$name" $(($(date +%s) - start)) $rc
+    fi
+    tally "$id"
+    return $rc
+}
+
+# add ID NAME ENV CMD...: queue a test; ENV is a string of exports.
+queue=()
+add() {
+    local id=$1 name=$2 env=$3
+    shift 3
+    echo "$name" >"$LOGDIR/$id.name"
+    {
+        echo "cd '$ROOT' || exit 1"
+        echo "export RUN_SAN_DIR='$LOGDIR/$id.san'"
+        [ -n "$env" ] && echo "$env"
+        printf '%q ' "$@"
+        echo
+    } >"$LOGDIR/$id.spec"
+    queue+=("$id")
+}
+
+# run_queue: run the queued tests, JOBS at a time, and count them.
+run_queue() {
+    [ ${#queue[@]} -eq 0 ] && return
+    printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -I{} bash "$ROOT/tests/run.sh" --one {}
+    tally "${queue[@]}"
+    queue=()
+}
+
+interop_tests() { ls tests/interop/*.sh | grep -v '/functions\.sh$'; }
+unit_tests() { ls "$1"/tests/test_* 2>/dev/null; }
+
+# Sanitizer options: reports go to files in the test's own directory.
+san_env='export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$RUN_SAN_DIR/asan"
+export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$RUN_SAN_DIR/ubsan"
+export LSAN_OPTIONS="log_path=$RUN_SAN_DIR/lsan"'
+tsan_env='export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$RUN_SAN_DIR/tsan"'
+
+has_stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+
+# ---- a. normal build ----------------------------------------------------------
+if has_stage a; then
+    echo "# stage a: build/ (-O2): unit, interop and acceptance tests"
+    if build a-build "make (build/)" all && build a-build-tests "make tests (build/)" tests; then
+        for t in $(unit_tests build); do
+            add "a-$(basename "$t")" "$(basename "$t")" "" "$t"
+        done
+        for t in $(interop_tests); do
+            add "a-$(basename "$t" .sh)" "$(basename "$t" .sh)" "export ZCOW='$ROOT/build/zcow'" bash "$t"
+        done
+        if [ -f ../shared/acceptance/quick.sh ]; then
+            add a-quick "acceptance quick.sh" "export ZCOW='$ROOT/build/zcow'" \
+                bash ../shared/acceptance/quick.sh
+        fi
+        run_queue
+    fi
+fi
+
+# ---- b. ASan + UBSan ------------------------------------------------------------
+if has_stage b; then
+    echo "# stage b: build-address-undefined/ (ASan+UBSan): unit and interop tests"
+    if build b-build "make SANITIZE=address,undefined tests" SANITIZE=address,undefined tests; then
+        for t in $(unit_tests build-address-undefined); do
+            add "b-$(basename "$t")" "$(basename "$t") [asan,ubsan]" "$san_env" "$t"
+        done
+        for t in $(interop_tests); do
+            add "b-$(basename "$t" .sh)" "$(basename "$t" .sh) [asan,ubsan]" \
+                "$san_env
+export ZCOW='$ROOT/build-address-undefined/zcow'" bash "$t"
+        done
+        run_queue
+    fi
+fi
+
+# ---- c. ThreadSanitizer ------------------------------------------------------------
+if has_stage c; then
+    echo "# stage c: build-thread/ (TSan): the write cache and a -j 4 conversion"
+    if build c-build "make SANITIZE=thread tests" SANITIZE=thread tests; then
+        add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
+        add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
+export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
+        run_queue
+    fi
+fi
+
+# ---- d. fuzz targets, briefly ---------------------------------------------------------
+if has_stage d; then
+    if grep -q '^fuzz-quick:' Makefile; then
+        echo "# stage d: make fuzz-quick"
+        add d-fuzz "make fuzz-quick" "" make -j"$JOBS" fuzz-quick
+        run_queue
+    else
+        echo "# stage d: no fuzz-quick target in the Makefile"
+    fi
+fi
+
+echo "# $(( $(date +%s) - t_start )) s in all; logs in $LOGDIR"
+if [ ${#skipped[@]} -gt 0 ]; then
+    echo "# ${#skipped[@]} skipped: ${skipped[*]}"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
