@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <isa-l/igzip_lib.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -154,6 +155,19 @@ static int compress_zstd(struct codec_thread *t, int level, const void *in, size
     return (int)r;
 }
 
+/* See CODEC_ZLIB_AUTO in codec.h. */
+#define PROBE_BYTES 4096
+static int auto_level(struct codec_thread *t, const void *in, size_t in_len, void *out,
+                      size_t out_cap)
+{
+    if (in_len <= PROBE_BYTES || out_cap < PROBE_BYTES)
+        return 3;
+    int r = compress_isal(t, 2, in, PROBE_BYTES, out, out_cap);
+    bool repetitive = r > 0 && r < PROBE_BYTES / 8;
+    bool incompressible = r < 0 || r > PROBE_BYTES * 125 / 128;
+    return repetitive || incompressible ? 2 : 3;
+}
+
 int codec_compress(int type, int level, const void *in, size_t in_len, void *out, size_t out_cap)
 {
     struct codec_thread *t = thread_ctx();
@@ -161,6 +175,8 @@ int codec_compress(int type, int level, const void *in, size_t in_len, void *out
         return -ENOMEM;
     if (type == ZCOW_COMPRESSION_ZSTD)
         return compress_zstd(t, level, in, in_len, out, out_cap);
+    if (level == CODEC_ZLIB_AUTO)
+        level = auto_level(t, in, in_len, out, out_cap);
     if (level <= ISAL_DEF_MAX_LEVEL)
         return compress_isal(t, level, in, in_len, out, out_cap);
     return compress_zlib(t, level, in, in_len, out, out_cap);
