@@ -164,6 +164,15 @@ elif op == 'refblock_twice':
     put64(rt_off + 8, be64(rt_off))
 elif op == 'refblock_unaligned':
     put64(rt_off, be64(rt_off) + 512)
+elif op == 'reftable_reserved':
+    put64(rt_off, be64(rt_off) | 1)
+elif op == 'subcluster_bitmap':
+    # Extended L2: a subcluster both allocated and zero.
+    addr, e = first(l2_entries('normal'), 'normal cluster')
+    put64(addr + 8, be64(addr + 8) | (1 << 32) | 1)
+elif op == 'snap_l1_unaligned':
+    snap = be64(64)
+    put64(snap, be64(snap) + 512)
 elif op == 'magic':
     wr(0, b'QFI\0')
 elif op == 'l1_too_small':
@@ -348,6 +357,9 @@ damage "truncated" "plain 64k" truncate 2
 damage "truncated compressed" "zlib cluster_size=4k" truncate 2
 damage "refcount table entry twice" "compressed refcount_bits=1" refblock_twice 2
 damage "refcount block unaligned" "bitmaps" refblock_unaligned 1
+damage "refcount table reserved bit" "zlib cluster_size=64k" reftable_reserved 2
+damage "subcluster allocated and zero" "extended_l2, subcluster writes" subcluster_bitmap 2
+damage "snapshot L1 unaligned" "snapshots" snap_l1_unaligned 2
 damage "bad magic" "plain 64k" magic 1
 damage "L1 table too small" "plain 64k" l1_too_small 1
 damage "snapshot table unaligned" "snapshots" snap_unaligned 1
