@@ -6,8 +6,9 @@
 # Exit 0 pass, 1 fail.  qemu-img and qemu-io are required.
 set -u
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ZCOW=${ZCOW:-build/zcow}
-case $ZCOW in /*) ;; *) ZCOW=$PWD/$ZCOW ;; esac
+case $ZCOW in /*) ;; *) ZCOW=$ROOT/$ZCOW ;; esac
 
 for tool in qemu-img qemu-io python3; do
     if ! command -v "$tool" >/dev/null; then

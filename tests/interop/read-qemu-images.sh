@@ -15,8 +15,9 @@
 # is a failure, not a skip).
 set -u
 
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 ZCOW=${ZCOW:-build/zcow}
-case $ZCOW in /*) ;; *) ZCOW=$PWD/$ZCOW ;; esac
+case $ZCOW in /*) ;; *) ZCOW=$ROOT/$ZCOW ;; esac
 
 for tool in qemu-img qemu-io python3 cmp; do
     if ! command -v "$tool" >/dev/null; then
