@@ -54,10 +54,12 @@ hdd_up() {
 hdd_down() {
     local dir=${1:-$HDD_STATE}
     [ -n "$dir" ] || return 0
-    if [ -e "$dir/mounted" ] || mountpoint -q "$dir/mnt" 2>/dev/null; then
+    local n=0
+    while mountpoint -q "$dir/mnt" 2>/dev/null && [ $n -lt 5 ]; do
         umount "$dir/mnt" 2>/dev/null || umount -l "$dir/mnt" 2>/dev/null
-        rm -f "$dir/mounted"
-    fi
+        n=$((n + 1))
+    done
+    rm -f "$dir/mounted"
     if [ -s "$dir/loopdev" ]; then
         losetup -d "$(cat "$dir/loopdev")" 2>/dev/null
         rm -f "$dir/loopdev"

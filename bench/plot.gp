@@ -14,7 +14,7 @@ set ylabel "wall time, s (log scale)"
 set logscale y
 set yrange [0.1:*]
 set grid ytics
-set key outside right top vertical
+set key below horizontal maxrows 2
 set datafile missing "NaN"
 set datafile separator "\t"
 ncols = 8

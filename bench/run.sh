@@ -25,6 +25,7 @@ ROOT=$(dirname "$HERE")
 . "$HERE/make-inputs.sh"
 
 QUICK=0 RUNS= TABLES=A,B,C,D HDD=1 DEPS=1 CHART=1
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
 ZCOW=${ZCOW:-$ROOT/build/zcow}
 usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
@@ -54,7 +55,7 @@ want() { case ",$TABLES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------- sizes
 if [ $QUICK = 1 ]; then
-    W1=w1-100M W2=w2-512M W3=w3-128M HW1=w1-50M CSMALL=w1-100M CLARGE=w1-1G
+    W1=w1-64M W2=w2-256M W3=w3-64M HW1=w1-32M CSMALL=w1-64M CLARGE=w1-1G
     export W2_TREE=${W2_TREE:-/usr/share/doc}
     HDD_LIMIT=60 SLOW_HDD=20
 else
@@ -212,7 +213,7 @@ if want A; then
     fi
     rpt ""
     rpt "Cells: median wall time, (page-cache pages of the output left after the run)." \
-        "'>N s': killed by timeout after N s. †: measured fewer than $RUNS times (slow, not repeated)."
+        "'>N s': killed by timeout after N s. †: measured once (slower than ${SLOW_HDD} s on the HDD, not repeated)."
 fi
 
 # ---------------------------------------------------------------- Table B
@@ -435,6 +436,7 @@ FINAL=$RESULTS/$STAMP.md
     echo "- work dir: $WORK on $dev ($fstype, rotational=$rot), $(numfmt --to=iec --suffix=B "$avail") free at start"
     echo "- $(qemu-img --version | head -n 1); $(dd --version | head -n 1)"
     echo "- zcow: $ZCOW, git commit $commit"
+    echo "- load average at start: $LOAD0; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine distorts the figures)"
     echo "- command: bench/run.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --tables $TABLES$( [ $HDD = 0 ] && echo ' --no-hdd')"
     echo "- caches dropped before each run: $( [ "$DROP_OK" = 1 ] && echo yes || echo 'NO (not root?): warm-cache figures')"
     echo "- inputs: W1 = $W1 of 0x01, W2 = $W2 raw ext4 made with mkfs.ext4 -d $W2_TREE, W3 = $W3 of random bytes; HDD: $HW1 of 0x01; C: $CSMALL, $CLARGE of 0x01"
