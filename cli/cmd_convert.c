@@ -64,7 +64,7 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
         p->last_fd_pct = (int)pct;
         dprintf(p->fd, "%d/100\n", (int)pct);
     }
-    if (!p->show || (pct - p->last_pct < 0.01 && pct < 100.0))
+    if (!p->show || pct - p->last_pct < 0.01)
         return;
     p->last_pct = pct;
     if (!p->tty) { /* as qemu-img -p */

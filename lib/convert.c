@@ -116,6 +116,20 @@ static int write_zero_clusters(struct job *j, uint64_t off, uint64_t end, uint8_
     return 0;
 }
 
+/* Segments wholly inside a hole that reaches END are skipped by every
+ * worker: move the shared counter past them, unless others already did. */
+static void skip_hole(struct job *j, uint64_t end)
+{
+    uint64_t target = end / j->segment;
+    uint64_t cur = atomic_load(&j->next_segment);
+    while (cur < target) {
+        if (atomic_compare_exchange_weak(&j->next_segment, &cur, target)) {
+            atomic_fetch_add(&j->done_bytes, (target - cur) * j->segment);
+            return;
+        }
+    }
+}
+
 /* One segment: split into data and zero extents at cluster granularity
  * (a cluster with any data in it is data). */
 static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t *cbuf)
@@ -129,6 +143,8 @@ static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_
             int r = j->src->ops->extent(j->src, off, &len, &is_zero);
             if (r < 0)
                 return r;
+            if (is_zero && len > seg_end - off)
+                skip_hole(j, len > j->size - off ? j->size : off + len);
         }
         uint64_t end = len > seg_end - off ? seg_end : off + len;
         if (is_zero) {
