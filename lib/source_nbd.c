@@ -239,6 +239,16 @@ static int read_done(void *opaque, int *error)
     return 1; /* retire the command */
 }
 
+/* A message for a failed call on C: a connection that died says so. */
+static int conn_error(struct nbd_src *ns, struct conn *c, const char *what, uint64_t off)
+{
+    if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
+        return zerr(ENOTCONN, "'%s': %s at offset %llu failed: the server closed the connection",
+                    ns->uri, what, (unsigned long long)off);
+    return zerr(nbd_errno(EIO), "'%s': %s at offset %llu failed: %s", ns->uri, what,
+                (unsigned long long)off, nbd_msg());
+}
+
 /* Issue a read of [OFF, OFF+LEN) into BUF as requests of req_bytes,
  * without waiting for them.  Keeps at most 64 in flight. */
 static int read_issue(struct nbd_src *ns, struct conn *c, uint8_t *buf, uint64_t len,
@@ -247,14 +257,12 @@ static int read_issue(struct nbd_src *ns, struct conn *c, uint8_t *buf, uint64_t
     while (len > 0) {
         while (c->pending >= 64) {
             if (nbd_poll(c->h, -1) < 0)
-                return zerr(nbd_errno(EIO), "'%s': read at offset %llu failed: %s", ns->uri,
-                            (unsigned long long)off, nbd_msg());
+                return conn_error(ns, c, "read", off);
         }
         uint64_t n = len < ns->req_bytes ? len : ns->req_bytes;
         nbd_completion_callback cb = { .callback = read_done, .user_data = c };
         if (nbd_aio_pread(c->h, buf, (size_t)n, off, cb, 0) < 0)
-            return zerr(nbd_errno(EIO), "'%s': read at offset %llu failed: %s", ns->uri,
-                        (unsigned long long)off, nbd_msg());
+            return conn_error(ns, c, "read", off);
         c->pending++;
         buf += n;
         off += n;
@@ -269,8 +277,7 @@ static int read_wait(struct nbd_src *ns, struct conn *c, int err, uint64_t off)
     while (c->pending > 0) {
         if (nbd_poll(c->h, -1) < 0) {
             /* A dead connection completes nothing more. */
-            int e = zerr(nbd_errno(EIO), "'%s': connection lost while reading: %s", ns->uri,
-                         nbd_msg());
+            int e = conn_error(ns, c, "read", off);
             c->pending = 0;
             return err < 0 ? err : e;
         }
@@ -280,7 +287,9 @@ static int read_wait(struct nbd_src *ns, struct conn *c, int err, uint64_t off)
     if (c->err) {
         int e = c->err;
         c->err = 0;
-        return zerr(e, "'%s': server failed a read near offset %llu: %s", ns->uri,
+        if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
+            return conn_error(ns, c, "read", off);
+        return zerr(e, "'%s': the server failed a read near offset %llu: %s", ns->uri,
                     (unsigned long long)off, strerror(e));
     }
     return 0;
@@ -385,8 +394,7 @@ static int bs_fill(struct nbd_src *ns, struct conn *c, struct bs_cache *bc, uint
     struct bs_query q = { ns, bc };
     nbd_extent_callback cb = { .callback = bs_extent, .user_data = &q };
     if (nbd_block_status(c->h, count, off, cb, 0) < 0)
-        return zerr(nbd_errno(EIO), "'%s': block status at offset %llu failed: %s", ns->uri,
-                    (unsigned long long)off, nbd_msg());
+        return conn_error(ns, c, "block status", off);
     uint64_t end = ns->size;
     if (ns->base_alloc)
         end = runs_end(&bc->alloc) < end ? runs_end(&bc->alloc) : end;
