@@ -26,6 +26,8 @@
 #include "unit.h"
 
 static char tmpdir[4096];
+/* What runs now, for the watchdog's message. */
+static char phase[160] = "start";
 
 /* The byte the simulated allocator puts at host offset O: never zero, so a
  * lost byte cannot pass for an unused one. */
@@ -305,6 +307,8 @@ static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads
     s->n_used = (bytes >> cb) + 3;
     s->used = calloc(s->n_used, sizeof(*s->used));
     s->seed_stream = stream;
+    snprintf(phase, sizeof(phase), "run_sim(cluster_bits %u, bound %u, %s, %d threads)", cb,
+             max_clusters, direct ? "O_DIRECT" : "page cache", threads);
     pthread_mutex_init(&s->lock, NULL);
     int r = blk_create(&s->file, path, direct, false, false);
     CHECKF(r == 0, "blk_create '%s': %d", path, r);
@@ -834,9 +838,10 @@ static void test_sticky_injected(void)
 static void on_alarm(int sig)
 {
     (void)sig;
-    static const char msg[] = "test_cwcache: still running after the watchdog's limit: "
-                              "a deadlock?\n";
-    if (write(2, msg, sizeof(msg) - 1) < 0) {
+    static const char msg[] = "test_cwcache: still running after the watchdog's limit "
+                              "(a deadlock?) in: ";
+    if (write(2, msg, sizeof(msg) - 1) < 0 || write(2, phase, strlen(phase)) < 0 ||
+        write(2, "\n", 1) < 0) {
     }
     _exit(1);
 }
@@ -844,7 +849,7 @@ static void on_alarm(int sig)
 int main(int argc, char **argv)
 {
     signal(SIGALRM, on_alarm);
-    alarm(UNIT_SANITIZED ? 300 : 120);
+    alarm(UNIT_SANITIZED ? 180 : 60);
     if (argc == 3 && strcmp(argv[1], "--child-stats") == 0) {
         unit_init("test_cwcache (stats child)");
         return child_stats(argv[2]);
@@ -860,11 +865,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "test_cwcache: cannot create '%s': %s\n", tmpdir, strerror(errno));
         return 1;
     }
+    snprintf(phase, sizeof(phase), "test_one_write_per_run");
     test_one_write_per_run();
+    snprintf(phase, sizeof(phase), "test_sticky_injected");
     test_sticky_injected();
+    snprintf(phase, sizeof(phase), "test_sequential");
     test_sequential();
+    snprintf(phase, sizeof(phase), "test_runs");
     test_runs();
+    snprintf(phase, sizeof(phase), "test_flush_waits");
     test_flush_waits();
+    snprintf(phase, sizeof(phase), "test_sticky_readonly");
     test_sticky_readonly();
 
     /* Many threads, as backup software calls the library.  Bounds from the
