@@ -41,6 +41,8 @@
 #define BOUNCE_MAX (1u << 20)
 /* Extended L2: 32 subclusters per cluster. */
 #define SUBCLUSTERS 32
+/* Names of incompatible features from the feature table, for messages. */
+#define NAMES_CAP 2048
 
 struct l2slot {
     uint64_t offset;   /* host offset of the table; 0 = empty slot */
@@ -800,6 +802,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
     /* The first cluster holds the header, its extensions and the backing
      * file name. */
     size_t hlen = r->cluster_size < r->file_size ? r->cluster_size : (size_t)r->file_size;
+    char *names = NULL, *what = NULL;
     uint8_t *hdr = malloc(hlen);
     if (!hdr)
         return zerr(ENOMEM, "out of memory");
@@ -820,8 +823,13 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
         if (h->backing_file_offset < ext_end)
             ext_end = (size_t)h->backing_file_offset;
     }
-    char names[2048] = "";
-    e = read_extensions(r, c, hdr, h->header_length, ext_end, names, sizeof(names));
+    /* On the heap: this frame recurses once per backing file. */
+    names = calloc(1, NAMES_CAP);
+    if (!names) {
+        e = zerr(ENOMEM, "out of memory");
+        goto out;
+    }
+    e = read_extensions(r, c, hdr, h->header_length, ext_end, names, NAMES_CAP);
     if (e < 0)
         goto out;
     if ((e = check_features(c, h->incompatible_features, names)) < 0)
@@ -917,9 +925,12 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
             e = fail(c, ENOTSUP, "backing format '%s' is not supported", fmt);
             goto out;
         }
-        char what[2200];
-        snprintf(what, sizeof(what), "cannot open backing file '%s' of '%s'", r->backing_path,
-                 r->path);
+        if (asprintf(&what, "cannot open backing file '%s' of '%s'", r->backing_path,
+                     r->path) < 0) {
+            what = NULL;
+            e = zerr(ENOMEM, "out of memory");
+            goto out;
+        }
         const char *saved = c->what;
         c->what = what;
         c->depth++;
@@ -928,6 +939,8 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
         c->what = saved;
     }
 out:
+    free(what);
+    free(names);
     free(hdr);
     return e;
 }
