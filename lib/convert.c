@@ -143,7 +143,8 @@ static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_
             int r = j->src->ops->extent(j->src, off, &len, &is_zero);
             if (r < 0)
                 return r;
-            if (is_zero && len > seg_end - off)
+            /* (Not over a backing file: there the zeros are written.) */
+            if (is_zero && len > seg_end - off && !j->zero_clusters)
                 skip_hole(j, len > j->size - off ? j->size : off + len);
         }
         uint64_t end = len > seg_end - off ? seg_end : off + len;

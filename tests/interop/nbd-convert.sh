@@ -157,5 +157,11 @@ if out=$("$ZCOW" convert -q -B other.qcow2 -F qcow2 "$raw_uri" "$work/over.qcow2
 else
     fail "full copy over a backing file: $out"
 fi
+# The same from the file: its holes reach far past a segment.
+if out=$("$ZCOW" convert -q -B other.qcow2 "$src" "$work/over2.qcow2" 2>&1); then
+    judge "$src" "$work/over2.qcow2" "full copy of a file over a backing file"
+else
+    fail "full copy of a file over a backing file: $out"
+fi
 
 finish
