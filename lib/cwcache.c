@@ -2,11 +2,33 @@
 #include "cwcache.h"
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
 #include "error.h"
+#include "zcow.h"
+
+/* Record ERR (with the calling thread's message) as the sticky error,
+ * unless there is one already.  Lock held. */
+static void set_error(struct cwcache *c, int err)
+{
+    if (err && !c->error) {
+        c->error = err;
+        snprintf(c->error_msg, sizeof(c->error_msg), "%s", zcow_get_error());
+    }
+}
+
+/* The sticky error, with its message made the calling thread's: a thread
+ * returning an error it did not cause must still say what failed.  Lock
+ * held. */
+static int sticky_error(struct cwcache *c)
+{
+    if (c->error)
+        zerr(-c->error, "%s", c->error_msg[0] ? c->error_msg : "an earlier write failed");
+    return c->error;
+}
 
 static unsigned hash_of(const struct cwcache *c, uint64_t index)
 {
@@ -188,7 +210,7 @@ int cw_write_run(struct cwcache *c, const struct cw_run *run)
         while (cl->flushing)
             pthread_cond_wait(&c->cond, c->lock);
     if (!err)
-        err = c->error;
+        err = sticky_error(c);
     pthread_mutex_unlock(c->lock);
 
     uint64_t start = run->first->index << c->cluster_bits;
@@ -212,9 +234,8 @@ int cw_write_run(struct cwcache *c, const struct cw_run *run)
         free(iov);
 
     pthread_mutex_lock(c->lock);
-    if (err && !c->error)
-        c->error = err;
-    err = c->error;
+    set_error(c, err);
+    err = sticky_error(c);
     struct cw_cluster *cl = run->first;
     for (i = 0; i < run->n; i++) {
         struct cw_cluster *next = cl->run_next;
@@ -266,7 +287,7 @@ int cw_flush(struct cwcache *c)
         pthread_cond_wait(&c->cond, c->lock);
     struct cw_cluster *cl = c->open;
     if (c->error || !cl || cl->end == 0) {
-        int err = c->error;
+        int err = sticky_error(c);
         pthread_mutex_unlock(c->lock);
         return err;
     }
@@ -288,9 +309,8 @@ int cw_flush(struct cwcache *c)
 
     pthread_mutex_lock(c->lock);
     cl->flushing--;
-    if (err && !c->error)
-        c->error = err;
-    err = c->error;
+    set_error(c, err);
+    err = sticky_error(c);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(c->lock);
     return err;

@@ -65,6 +65,7 @@ struct cwcache {
     uint8_t **free_bufs;     /* recycled cluster buffers */
     unsigned n_free;
     int error;               /* sticky I/O error (negative errno), or 0 */
+    char error_msg[256];     /* its message, for every thread that returns it */
 };
 
 int cw_init(struct cwcache *c, pthread_mutex_t *lock, struct blk *file, unsigned cluster_bits,
