@@ -270,23 +270,45 @@ static bool finished_below(const struct cwcache *c, uint64_t limit)
     return false;
 }
 
+/* One past the highest cached cluster (the open one is the highest). */
+static uint64_t cached_end(const struct cwcache *c)
+{
+    if (c->open)
+        return c->open->index + 1;
+    uint64_t end = 0;
+    for (unsigned h = 0; h < c->hash_size; h++)
+        for (struct cw_cluster *cl = c->hash[h]; cl; cl = cl->hash_next)
+            if (cl->index + 1 > end)
+                end = cl->index + 1;
+    return end;
+}
+
 int cw_flush(struct cwcache *c)
 {
     pthread_mutex_lock(c->lock);
-    struct cw_ready ready = { .n = 0 };
-    hand_out_run(c, &ready);
-    pthread_mutex_unlock(c->lock);
-    for (unsigned i = 0; i < ready.n; i++)
-        cw_write_run(c, &ready.runs[i]);
-
-    pthread_mutex_lock(c->lock);
-    /* Clusters finished later than now have higher indexes (allocation is
-     * sequential): waiting for the lower ones cannot starve. */
-    uint64_t limit = c->open ? c->open->index : UINT64_MAX;
-    while (!c->error && finished_below(c, limit))
+    /* The clusters cached now, below LIMIT, must reach the file; clusters
+     * cached later have higher indexes (allocation is sequential), so the
+     * flush cannot starve.  While runs are written, writers may finish
+     * more of these clusters into a new run: hand it out too, as its
+     * writers may all be done and none would. */
+    uint64_t limit = cached_end(c);
+    while (!c->error) {
+        if (c->run.n && c->run.first->index < limit) {
+            struct cw_ready ready = { .n = 0 };
+            hand_out_run(c, &ready);
+            pthread_mutex_unlock(c->lock);
+            for (unsigned i = 0; i < ready.n; i++)
+                cw_write_run(c, &ready.runs[i]);
+            pthread_mutex_lock(c->lock);
+            continue;
+        }
+        /* The rest below LIMIT are being written by others: wait. */
+        if (!finished_below(c, limit))
+            break;
         pthread_cond_wait(&c->cond, c->lock);
+    }
     struct cw_cluster *cl = c->open;
-    if (c->error || !cl || cl->end == 0) {
+    if (c->error || !cl || cl->index >= limit || cl->end == 0) {
         int err = sticky_error(c);
         pthread_mutex_unlock(c->lock);
         return err;
