@@ -45,6 +45,10 @@
 #define REFT_RESERVED_MASK 0x1ffull
 #define L2_BITMAP_ALL_ALLOC 0xffffffffull
 
+/* QEMU's block layer fails any request reaching past this offset
+ * (BDRV_MAX_LENGTH: INT64_MAX aligned down to 1 GiB). */
+#define QEMU_MAX_LENGTH 0x7fffffffc0000000ull
+
 /* The computed refcounts take at most this much memory (uint16_t or
  * uint32_t per host cluster): about 512 M clusters, a 32 TiB file of
  * 64 KiB clusters. */
@@ -201,8 +205,8 @@ static bool count_range(struct check *c, uint64_t off, uint64_t len, uint64_t mu
 }
 
 /* The stored refcount of host cluster K: 0 where no refcount block covers
- * it; -EIO when the block's offset is not cluster aligned, as QEMU's
- * qcow2_get_refcount fails then. */
+ * it; -EIO when the block's offset is not cluster aligned or beyond what
+ * QEMU can read, as QEMU's qcow2_get_refcount fails then. */
 static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
 {
     *out = 0;
@@ -214,6 +218,8 @@ static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
         return 0;
     if (rb & (c->cs - 1))
         return -EIO;
+    if (rb > QEMU_MAX_LENGTH - c->cs)
+        return -EIO; /* QEMU's block layer refuses the read */
     if (rb >= c->file_len)
         return 0; /* reads as zero */
     uint64_t bit = (k & ((1ull << c->rb_bits) - 1)) << c->order; /* < 8 * cs */
@@ -468,6 +474,12 @@ static int read_snapshot_table(struct check *c, const char *path)
             return zerr(EFBIG, "cannot check '%s': too much extra metadata in snapshot table "
                                "entry %" PRIu32, path, i);
         }
+        /* Version 3 entries carry at least the 64-bit VM state size and
+         * the disk size (QEMU: qcow2_check_read_snapshot_table). */
+        if (c->h.version >= 3 && extra < 16) {
+            note(c, "ERROR snapshot table entry %" PRIu32 " is incomplete", i);
+            c->res->corruptions++;
+        }
         off += SNAPSHOT_HEADER_LEN + (uint64_t)extra + id_len + name_len;
         if (off - base > MAX_SNAPSHOTS_SIZE) {
             c->res->check_errors++;
@@ -718,7 +730,8 @@ static int walk_l2(struct check *c, const struct l2ref *t)
                 next_contiguous = off + c->cs;
             }
             count_range(c, off, c->cs, refs);
-            if (act) {
+            /* QEMU skips the table at offset 0 here (check_oflag_copied). */
+            if (act && l2_off) {
                 uint64_t rc;
                 if (stored_refcount(c, off >> c->cb, &rc) == 0 &&
                     (rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
@@ -807,7 +820,13 @@ static int walk_l2_tables(struct check *c)
 
 /* ---- Bitmaps (QEMU: qcow2_check_bitmaps_refcounts, bitmap_list_load) ----- */
 
-static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries)
+/* Count a bitmap table and its data clusters.  QEMU loads the table of
+ * every bitmap not marked in use when it opens the image, and refuses to
+ * open it when an entry is invalid; in a bitmap in use, an invalid entry
+ * is a corruption (qcow2_check_bitmaps_refcounts).  Returns -EINVAL with
+ * *WHY set in the first case. */
+static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries, bool in_use,
+                        const char **why)
 {
     count_range(c, table_off, entries * 8, 1);
     uint64_t in_file = 0;
@@ -828,6 +847,11 @@ static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries)
             uint64_t off = e & QCOW2_OFFSET_MASK;
             if ((e & BME_TABLE_RESERVED) ||
                 (off && ((e & BME_TABLE_ALL_ONES) || (off & (c->cs - 1))))) {
+                if (!in_use) {
+                    *why = "invalid bitmap table entry";
+                    r = -EINVAL;
+                    break;
+                }
                 note(c, "ERROR bitmap table entry %" PRIu64 " of the table at 0x%" PRIx64
                         " is invalid: %" PRIx64, base + i, table_off, e);
                 c->res->corruptions++;
@@ -841,11 +865,16 @@ static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries)
     return r;
 }
 
+/* QEMU: bitmap_list_load and qcow2_load_dirty_bitmaps at open, then
+ * qcow2_check_bitmaps_refcounts.  A directory QEMU refuses makes the
+ * check fail. */
 static int count_bitmaps(struct check *c, const char *path)
 {
     const struct check_extensions *x = &c->ext;
     if (!x->nb_bitmaps)
         return 0;
+    if (x->bitmap_dir_offset > QEMU_MAX_LENGTH - x->bitmap_dir_size)
+        return zerr(EINVAL, "cannot check '%s': bitmap directory out of reach", path);
     count_range(c, x->bitmap_dir_offset, x->bitmap_dir_size, 1);
     uint8_t *dir = malloc(x->bitmap_dir_size ? x->bitmap_dir_size : 1);
     if (!dir)
@@ -853,6 +882,8 @@ static int count_bitmaps(struct check *c, const char *path)
     int r = read_at(c, dir, x->bitmap_dir_size, x->bitmap_dir_offset);
     const char *why = NULL;
     uint64_t pos = 0, nb = 0;
+    /* Check every entry first, as QEMU reads the whole directory before
+     * it loads any bitmap. */
     while (r == 0 && !why && pos < x->bitmap_dir_size) {
         const uint8_t *e = dir + pos;
         if (x->bitmap_dir_size - pos < BITMAP_DIR_ENTRY_LEN) {
@@ -878,18 +909,37 @@ static int count_bitmaps(struct check *c, const char *path)
                  (!(flags & BME_FLAG_IN_USE) &&
                   (c->h.size & ~511ull) > (((uint64_t)table_size * c->cs * 8) << gran)))
             why = "a bitmap does not satisfy the constraints";
-        else
-            r = bitmap_table(c, table_off, table_size);
         pos += elen;
     }
     if (!why && r == 0 && nb != x->nb_bitmaps)
         why = "fewer bitmaps than the header extension says";
+
+    /* Then load and count them.  Two bitmaps of one name: QEMU does not
+     * load a later one in use, and refuses to open the image for any
+     * other; it counts the clusters of all. */
+    for (pos = 0; r == 0 && !why && pos < x->bitmap_dir_size;) {
+        const uint8_t *e = dir + pos;
+        uint16_t name_len = qcow2_be16(e + 18);
+        bool in_use = qcow2_be32(e + 12) & BME_FLAG_IN_USE;
+        bool duplicate = false;
+        for (uint64_t p = 0; p < pos && !duplicate;) {
+            const uint8_t *o = dir + p;
+            uint16_t olen = qcow2_be16(o + 18);
+            duplicate = olen == name_len && !memcmp(o + BITMAP_DIR_ENTRY_LEN,
+                                                    e + BITMAP_DIR_ENTRY_LEN, name_len);
+            p += (BITMAP_DIR_ENTRY_LEN + (uint64_t)olen + 7) & ~7ull;
+        }
+        if (duplicate && !in_use)
+            why = "two bitmaps of the same name";
+        else
+            r = bitmap_table(c, qcow2_be64(e), qcow2_be32(e + 8), in_use, &why);
+        pos += (BITMAP_DIR_ENTRY_LEN + (uint64_t)name_len + 7) & ~7ull;
+    }
     free(dir);
-    if (r < 0)
+    if (r < 0 && r != -EINVAL)
         return r;
     if (why) {
-        note(c, "ERROR %s", why);
-        c->res->corruptions++;
+        c->res->check_errors++;
         return zerr(EINVAL, "cannot check the bitmaps of '%s': %s", path, why);
     }
     return 0;
@@ -941,7 +991,7 @@ static int compare_refcounts(struct check *c)
             uint64_t blk = k >> c->rb_bits;
             if (blk != bad_block) {
                 note(c, "Can't get refcount for cluster %" PRIu64 ": refcount block %" PRIu64
-                        " is not cluster aligned (its other clusters too)", k, blk);
+                        " is unaligned or out of reach (its other clusters too)", k, blk);
                 bad_block = blk;
             }
             c->res->check_errors++;
@@ -1005,7 +1055,9 @@ int zcow_check(const char *path, unsigned flags, zcow_check_report_fn *report, v
         r = (int)len;
         goto out;
     }
-    c.file_len = (uint64_t)len;
+    /* QEMU sees the file in whole 512-byte sectors (the tail reads as
+     * zero), and so do its end-of-file rules. */
+    c.file_len = ((uint64_t)len + 511) & ~511ull;
     if ((r = open_header(&c, path)) < 0 || (r = read_snapshot_table(&c, path)) < 0 ||
         (r = alloc_counters(&c, path)) < 0)
         goto out;
