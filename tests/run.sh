@@ -8,7 +8,7 @@
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
-#      cache test and a conversion with -j 4;
+#      cache test, the 32-thread stress test and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -203,9 +203,10 @@ fi
 
 # ---- c. ThreadSanitizer ------------------------------------------------------------
 if has_stage c; then
-    echo "# stage c: build-thread/ (TSan): the write cache and a -j 4 conversion"
+    echo "# stage c: build-thread/ (TSan): the write cache, the stress test and a -j 4 conversion"
     if build c-build "make SANITIZE=thread tests" SANITIZE=thread tests; then
         add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
+        add c-test_stress "test_stress [tsan]" "$tsan_env" build-thread/tests/test_stress
         add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
         run_queue
