@@ -90,11 +90,13 @@ struct nbd_src {
     pthread_key_t key;   /* this thread's struct bs_cache */
 
     pthread_mutex_t lock; /* guards conns[].busy, n_conns, max_conns,
-                             connecting, caches */
+                             connecting, pending, caches */
     pthread_cond_t freed;
     struct conn conns[MAX_CONNS];
     int n_conns, max_conns;
-    bool connecting;
+    bool connecting;     /* a thread is starting or driving `pending` */
+    struct nbd_handle *pending; /* a connection on its way, or NULL */
+    struct timespec pending_t0;
     struct bs_cache *caches;
 };
 
@@ -128,9 +130,8 @@ static int nbd_errno(int fallback)
     return e > 0 ? e : fallback;
 }
 
-/* Open one connection to the URI with the meta contexts, within
- * TIMEOUT_MS.  On failure, *OUT is NULL and the message is set. */
-static int connect_one(struct nbd_src *ns, long timeout_ms, struct nbd_handle **out)
+/* Start a connection to the URI with the meta contexts; *T0 is when. */
+static int connect_start(struct nbd_src *ns, struct nbd_handle **out, struct timespec *t0)
 {
     *out = NULL;
     struct nbd_handle *h = nbd_create();
@@ -140,44 +141,72 @@ static int connect_one(struct nbd_src *ns, long timeout_ms, struct nbd_handle **
     if (nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
         (ns->bitmap_ctx && nbd_add_meta_context(h, ns->bitmap_ctx) < 0)) {
         e = zerr(nbd_errno(EINVAL), "'%s': %s", ns->uri, nbd_msg());
-        goto fail;
-    }
-    if (!nbd_supports_uri(h)) {
+    } else if (!nbd_supports_uri(h)) {
         e = zerr(ENOTSUP, "'%s': this libnbd cannot connect to NBD URIs", ns->uri);
-        goto fail;
-    }
-    struct timespec t0;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    if (nbd_aio_connect_uri(h, ns->uri) < 0) {
-        e = zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri, nbd_msg());
-        goto fail;
-    }
-    while (!nbd_aio_is_ready(h)) {
-        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h)) {
-            e = zerr(ECONNREFUSED, "cannot connect to '%s': %s", ns->uri, nbd_msg());
-            goto fail;
-        }
-        long left = timeout_ms - elapsed_ms(&t0);
-        if (left <= 0) {
-            e = zerr(ETIMEDOUT, "cannot connect to '%s': no answer from the server in %ld s",
-                     ns->uri, timeout_ms / 1000);
-            goto fail;
-        }
-        if (nbd_poll(h, (int)(left < 1000 ? left : 1000)) < 0) {
+    } else {
+        clock_gettime(CLOCK_MONOTONIC, t0);
+        if (nbd_aio_connect_uri(h, ns->uri) < 0)
             e = zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri,
                      nbd_msg());
-            goto fail;
-        }
+    }
+    if (e < 0) {
+        nbd_close(h);
+        return e;
     }
     *out = h;
     return 0;
-fail:
-    nbd_close(h);
-    return e;
 }
 
-/* A connection of our own for one call: a free one, a new one while the
- * server allows more and every open one is busy, or wait for one. */
+/* Drive the connection H started at T0 for at most SLICE_MS: 1 when it is
+ * ready, 0 when still on its way, a negative errno (message set) when it
+ * failed or took more than TIMEOUT_MS. */
+static int connect_step(struct nbd_src *ns, struct nbd_handle *h, const struct timespec *t0,
+                        long timeout_ms, long slice_ms)
+{
+    struct timespec s0;
+    clock_gettime(CLOCK_MONOTONIC, &s0);
+    while (!nbd_aio_is_ready(h)) {
+        if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
+            return zerr(ECONNREFUSED, "cannot connect to '%s': %s", ns->uri, nbd_msg());
+        long left = timeout_ms - elapsed_ms(t0);
+        if (left <= 0)
+            return zerr(ETIMEDOUT, "cannot connect to '%s': no answer from the server in %ld s",
+                        ns->uri, timeout_ms / 1000);
+        long slice = slice_ms - elapsed_ms(&s0);
+        if (slice <= 0)
+            return 0;
+        if (slice > left)
+            slice = left;
+        if (nbd_poll(h, (int)(slice < 1000 ? slice : 1000)) < 0)
+            return zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri,
+                        nbd_msg());
+    }
+    return 1;
+}
+
+/* Open one connection within TIMEOUT_MS, waiting for it. */
+static int connect_one(struct nbd_src *ns, long timeout_ms, struct nbd_handle **out)
+{
+    struct timespec t0;
+    int e = connect_start(ns, out, &t0);
+    if (e < 0)
+        return e;
+    e = connect_step(ns, *out, &t0, timeout_ms, timeout_ms);
+    if (e == 1)
+        return 0;
+    nbd_close(*out);
+    *out = NULL;
+    return e < 0 ? e : zerr(ETIMEDOUT, "cannot connect to '%s': timed out", ns->uri);
+}
+
+/* A connection of our own for one call: a free one, or a new one while
+ * the server allows more and every open one is busy, or wait for one.
+ * A new connection is made a slice at a time (CONNECT_SLICE_MS), by
+ * whichever waiting thread is free to, so that a server at its connection
+ * limit, which leaves it unanswered, stalls nobody: the others go on with
+ * the connections there are, and after EXTRA_CONNECT_TIMEOUT_MS zcow stops
+ * asking for more. */
+#define CONNECT_SLICE_MS 20
 static struct conn *conn_get(struct nbd_src *ns)
 {
     pthread_mutex_lock(&ns->lock);
@@ -191,32 +220,53 @@ static struct conn *conn_get(struct nbd_src *ns)
         }
         if (ns->n_conns < ns->max_conns && !ns->connecting) {
             ns->connecting = true;
+            struct nbd_handle *h = ns->pending;
+            struct timespec t0 = ns->pending_t0;
             pthread_mutex_unlock(&ns->lock);
-            struct nbd_handle *h;
-            int e = connect_one(ns, EXTRA_CONNECT_TIMEOUT_MS, &h);
+            int e = h ? 0 : connect_start(ns, &h, &t0);
+            if (e == 0)
+                e = connect_step(ns, h, &t0, EXTRA_CONNECT_TIMEOUT_MS, CONNECT_SLICE_MS);
             /* Both contexts must be there as on the first connection. */
-            if (e == 0 && ((ns->base_alloc &&
+            if (e == 1 && ((ns->base_alloc &&
                             nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) ||
-                           (ns->bitmap_ctx && nbd_can_meta_context(h, ns->bitmap_ctx) != 1))) {
-                nbd_close(h);
+                           (ns->bitmap_ctx && nbd_can_meta_context(h, ns->bitmap_ctx) != 1)))
                 e = -EPROTO;
+            if (e < 0 && h) {
+                nbd_close(h);
+                h = NULL;
             }
             pthread_mutex_lock(&ns->lock);
             ns->connecting = false;
+            ns->pending = e == 0 ? h : NULL;
+            ns->pending_t0 = t0;
             if (e < 0) {
-                /* Go on with the connections we have. */
+                /* Go on with the connections there are. */
                 zerr_clear();
                 ns->max_conns = ns->n_conns;
                 pthread_cond_broadcast(&ns->freed);
                 continue;
             }
+            if (e == 0)
+                continue; /* still connecting: look for a free one again */
             struct conn *c = &ns->conns[ns->n_conns++];
             c->h = h;
             c->busy = true;
             pthread_mutex_unlock(&ns->lock);
             return c;
         }
-        pthread_cond_wait(&ns->freed, &ns->lock);
+        if (ns->pending) {
+            /* Someone is connecting: come back to take over the slices. */
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            ts.tv_nsec += CONNECT_SLICE_MS * 1000000L;
+            if (ts.tv_nsec >= 1000000000L) {
+                ts.tv_sec++;
+                ts.tv_nsec -= 1000000000L;
+            }
+            pthread_cond_timedwait(&ns->freed, &ns->lock, &ts);
+        } else {
+            pthread_cond_wait(&ns->freed, &ns->lock);
+        }
     }
 }
 
@@ -492,6 +542,8 @@ static void nbd_src_close(struct source *s)
         nbd_shutdown(ns->conns[i].h, 0);
         nbd_close(ns->conns[i].h);
     }
+    if (ns->pending)
+        nbd_close(ns->pending);
     while (ns->caches) {
         struct bs_cache *bc = ns->caches;
         ns->caches = bc->next;
