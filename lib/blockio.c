@@ -56,6 +56,8 @@ void zcow_remove_temp_files(void) { blk_remove_temp_files(); }
 
 void *blk_alloc(size_t len)
 {
+    if (fault_alloc_fails()) /* ZCOW_FAULT=alloc:N:ENOMEM (tests) */
+        return NULL;
     void *p = NULL;
     size_t rounded = (len + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
     if (posix_memalign(&p, BLK_ALIGN, rounded ? rounded : BLK_ALIGN) != 0)
