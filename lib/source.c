@@ -21,7 +21,7 @@ static int probe(const char *name, const char **format)
     if (r < 0)
         return r;
     uint8_t *buf = blk_alloc(BLK_ALIGN);
-    int64_t n = buf ? blk_pread(&b, buf, BLK_ALIGN, 0) : zerr(ENOMEM, "out of memory");
+    int64_t n = buf ? blk_pread(&b, buf, BLK_ALIGN, 0) : zerr(ENOMEM, "'%s': out of memory", name);
     if (!b.direct)
         posix_fadvise(b.fd, 0, BLK_ALIGN, POSIX_FADV_DONTNEED);
     blk_close(&b);
