@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run.sh - zcow's whole test suite (`make check`).
 #
-# Stages:
+# Stages (the sanitizer builds run while stage a's tests do; the tests of
+# b, c and d then run together, the longest first by the last run's times):
 #   a. `make` and `make tests` (build/, -O2): every unit test, every
 #      tests/interop/*.sh, ../shared/acceptance/quick.sh when present, and
 #      valgrind memcheck on one conversion and one restore;
@@ -52,6 +53,7 @@ if [ "${1:-}" = --one ]; then
     *) result="not ok"; [ -n "$note" ] || note=" # exit $rc" ;;
     esac
     echo "$result" >"$dir/$id.result"
+    echo "$id $secs" >>"$dir/times"
     printf '%-6s %s (%ss)%s\n' "$result" "$name" "$secs" "$note"
     exit 0
 fi
@@ -82,6 +84,7 @@ JOBS=${JOBS:-2}
 TEST_TIMEOUT=${TEST_TIMEOUT:-600}
 STAGES=${STAGES:-a b c d}
 LOGDIR=$ROOT/build/test-logs
+TIMES=$ROOT/build/test-times
 rm -rf "$LOGDIR"
 mkdir -p "$LOGDIR" || exit 1
 export RUN_LOGDIR=$LOGDIR RUN_TIMEOUT=$TEST_TIMEOUT
@@ -111,7 +114,7 @@ tally() {
     done
 }
 
-# build ID NAME MAKE-ARGS...: a build step, counted as a test.
+# build ID NAME MAKE-ARGS...: a build step, counted as a test (tally it).
 build() {
     local id=$1 name=$2
     shift 2
@@ -127,9 +130,9 @@ build() {
         echo "not ok" >"$LOGDIR/$id.result"
         printf '%-6s %s (%ss) # exit %s\n' "not ok" "$name" $(($(date +%s) - start)) $rc
     fi
-    tally "$id"
     return $rc
 }
+built() { [ "$(cat "$LOGDIR/$1.result" 2>/dev/null)" = ok ]; }
 
 # add ID NAME ENV CMD...: queue a test; ENV is a string of exports.
 queue=()
@@ -147,10 +150,16 @@ add() {
     queue+=("$id")
 }
 
-# run_queue: run the queued tests, JOBS at a time, and count them.
+# run_queue: run the queued tests, JOBS at a time, the longest first (by
+# the last run's times; a new test counts as long), then count them.
 run_queue() {
     [ ${#queue[@]} -eq 0 ] && return
-    printf '%s\n' "${queue[@]}" | xargs -P "$JOBS" -I{} bash "$ROOT/tests/run.sh" --one {}
+    local id t
+    for id in "${queue[@]}"; do
+        t=$(awk -v id="$id" '$1 == id { t = $2 } END { print t == "" ? 60 : t }' "$TIMES" 2>/dev/null)
+        echo "${t:-60} $id"
+    done | sort -rn | awk '{ print $2 }' |
+        xargs -P "$JOBS" -I{} bash "$ROOT/tests/run.sh" --one {}
     tally "${queue[@]}"
     queue=()
 }
@@ -165,10 +174,30 @@ export LSAN_OPTIONS="log_path=$RUN_SAN_DIR/lsan"'
 tsan_env='export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$RUN_SAN_DIR/tsan"'
 
 has_stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
+has_target() { grep -q "^$1:" Makefile; }
 
-# ---- a. normal build ----------------------------------------------------------
+# The builds of stages b, c and d, one after the other.
+later_builds() {
+    if has_stage b; then
+        build b-build "make SANITIZE=address,undefined tests" SANITIZE=address,undefined tests
+    fi
+    if has_stage c; then
+        build c-build "make SANITIZE=thread tests" SANITIZE=thread tests
+    fi
+    if has_stage d && has_target fuzz-quick && has_target fuzz-build; then
+        build d-build "make fuzz-build" fuzz-build
+    fi
+}
+later_ids() {
+    local s
+    for s in b c d; do
+        [ -e "$LOGDIR/$s-build.name" ] && echo "$s-build"
+    done
+}
+
+# ---- a. normal build, its tests; the other builds meanwhile ------------------
 if has_stage a; then
-    echo "# stage a: build/ (-O2): unit, interop and acceptance tests"
+    echo "# stage a: build/ (-O2): unit, interop, acceptance and valgrind tests"
     if build a-build "make (build/)" all && build a-build-tests "make tests (build/)" tests; then
         for t in $(unit_tests build); do
             add "a-$(basename "$t")" "$(basename "$t")" "" "$t"
@@ -181,47 +210,59 @@ if has_stage a; then
             add a-quick "acceptance quick.sh" "export ZCOW='$ROOT/build/zcow'" \
                 bash ../shared/acceptance/quick.sh
         fi
-        run_queue
     fi
+    tally a-build
+    [ -e "$LOGDIR/a-build-tests.result" ] && tally a-build-tests
+    echo "# (meanwhile: the sanitizer and fuzz builds)"
+    later_builds &
+    builds_pid=$!
+    run_queue
+    wait "$builds_pid"
+else
+    later_builds
 fi
+tally $(later_ids)
 
 # ---- b. ASan + UBSan ------------------------------------------------------------
-if has_stage b; then
-    echo "# stage b: build-address-undefined/ (ASan+UBSan): unit and interop tests"
-    if build b-build "make SANITIZE=address,undefined tests" SANITIZE=address,undefined tests; then
-        for t in $(unit_tests build-address-undefined); do
-            add "b-$(basename "$t")" "$(basename "$t") [asan,ubsan]" "$san_env" "$t"
-        done
-        for t in $(interop_tests); do
-            add "b-$(basename "$t" .sh)" "$(basename "$t" .sh) [asan,ubsan]" \
-                "$san_env
+if has_stage b && built b-build; then
+    for t in $(unit_tests build-address-undefined); do
+        add "b-$(basename "$t")" "$(basename "$t") [asan,ubsan]" "$san_env" "$t"
+    done
+    for t in $(interop_tests); do
+        add "b-$(basename "$t" .sh)" "$(basename "$t" .sh) [asan,ubsan]" \
+            "$san_env
 export ZCOW='$ROOT/build-address-undefined/zcow'" bash "$t"
-        done
-        run_queue
-    fi
+    done
 fi
 
 # ---- c. ThreadSanitizer ------------------------------------------------------------
-if has_stage c; then
-    echo "# stage c: build-thread/ (TSan): the write cache, the stress test and a -j 4 conversion"
-    if build c-build "make SANITIZE=thread tests" SANITIZE=thread tests; then
-        add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
+if has_stage c && built c-build; then
+    add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
+    if [ -x build-thread/tests/test_stress ]; then
         add c-test_stress "test_stress [tsan]" "$tsan_env" build-thread/tests/test_stress
-        add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
-export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
-        run_queue
     fi
+    add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
+export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi
 
 # ---- d. fuzz targets, briefly ---------------------------------------------------------
 if has_stage d; then
-    if grep -q '^fuzz-quick:' Makefile; then
-        echo "# stage d: make fuzz-quick"
+    if has_target fuzz-quick && { ! has_target fuzz-build || built d-build; }; then
         add d-fuzz "make fuzz-quick" "" make -j"$JOBS" fuzz-quick
-        run_queue
-    else
+    elif ! has_target fuzz-quick; then
         echo "# stage d: no fuzz-quick target in the Makefile"
     fi
+fi
+
+if [ ${#queue[@]} -gt 0 ]; then
+    echo "# stages b, c, d: ASan+UBSan, TSan, fuzz-quick"
+    run_queue
+fi
+
+# Keep this run's times for ordering the next (merged with older ones).
+if [ -f "$LOGDIR/times" ]; then
+    cat "$TIMES" "$LOGDIR/times" 2>/dev/null |
+        awk '{ t[$1] = $2 } END { for (k in t) print k, t[k] }' >"$TIMES.new" && mv "$TIMES.new" "$TIMES"
 fi
 
 echo "# $(( $(date +%s) - t_start )) s in all; logs in $LOGDIR"

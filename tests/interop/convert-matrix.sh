@@ -54,8 +54,8 @@ convert_case() {
             fail "$label: random data: $compressed compressed of $allocated clusters (want 0: stored as they are)" ;;
     sparse)
         # Three data islands in 8 MiB: the holes stay unallocated.
-        local cs
-        cs=$(info_field "$dst" cluster-size)
+        local cs=$size
+        case $size in *k) cs=$(( ${size%k} << 10 )) ;; *M) cs=$(( ${size%M} << 20 )) ;; esac
         [ $(( ${allocated:-0} * cs )) -lt $((8 << 20)) ] ||
             fail "$label: holes were allocated ($allocated clusters of $cs bytes)" ;;
     esac
@@ -66,9 +66,11 @@ convert_case() {
             fail "$label: qemu-io read -P 1: $(echo "$out" | head -3 | tr '\n' ' ')"
         fi
     fi
-    local want_type
-    want_type=$(info_field "$dst" compression-type)
-    [ "$want_type" = "$type" ] || fail "$label: qemu-img info says compression type '$want_type'"
+    # The header's compression type, as qemu-img reads it (byte 104).
+    local got_type
+    got_type=$(od -A n -t u1 -j 104 -N 1 "$dst" | tr -d ' ')
+    [ "$got_type" = "$([ "$type" = zstd ] && echo 1 || echo 0)" ] ||
+        fail "$label: compression type byte is $got_type"
 }
 
 if [ "${MATRIX:-full}" = smoke ]; then

@@ -167,12 +167,18 @@ SHAPES="ones random text zeroruns tail sparse mixed"
 # judge SRC IMG [LABEL]: qemu-img check must be clean (exit 0: no errors, no
 # leaks) and qemu-img compare must find the guest contents identical to
 # SRC.  Records a pass or a fail; returns non-zero on failure.
+# The check's JSON report is kept in $JUDGE_JSON for check_json.
+JUDGE_JSON=""
+JUDGE_IMG=""
 judge() {
     local src=$1 img=$2 label=${3:-$2} out
-    if ! out=$(qemu-img check -f qcow2 "$img" 2>&1); then
+    JUDGE_IMG=""
+    if ! JUDGE_JSON=$(qemu-img check -f qcow2 --output=json "$img" 2>&1); then
+        out=$(qemu-img check -f qcow2 "$img" 2>&1)
         fail "$label: qemu-img check (exit $?): $(echo "$out" | head -5 | tr '\n' ' ')"
         return 1
     fi
+    JUDGE_IMG=$img
     if ! out=$(qemu-img compare -f raw -F qcow2 "$src" "$img" 2>&1); then
         fail "$label: qemu-img compare: $(echo "$out" | head -3 | tr '\n' ' ')"
         return 1
@@ -184,9 +190,9 @@ judge() {
 # compressed-clusters, allocated-clusters; 0 when qemu-img leaves it out
 # (it omits compressed-clusters when there are none).
 check_json() {
-    local v
-    v=$(qemu-img check -f qcow2 --output=json "$1" 2>/dev/null |
-        sed -n "s/^ *\"$2\": *\([0-9][0-9]*\).*/\1/p" | head -n 1)
+    local v json=$JUDGE_JSON
+    [ "$1" = "$JUDGE_IMG" ] || json=$(qemu-img check -f qcow2 --output=json "$1" 2>/dev/null)
+    v=$(echo "$json" | sed -n "s/^ *\"$2\": *\([0-9][0-9]*\).*/\1/p" | head -n 1)
     echo "${v:-0}"
 }
 

@@ -530,7 +530,7 @@ static void test_sequential(void)
     sleep_ms(150);
     CHECKF(atomic_load(&w.passed) == 0, "cw_wait_for_room did not wait with the cache full");
     CHECK(h.n == 2 && cw_write_run(&c, &h.runs[0]) == 0);
-    for (int i = 0; i < 200 && !atomic_load(&w.passed); i++)
+    for (int i = 0; i < 1000 && !atomic_load(&w.passed); i++)
         sleep_ms(10);
     CHECKF(atomic_load(&w.passed) == 1, "cw_wait_for_room still waiting with room free");
     pthread_join(t, NULL);
@@ -687,7 +687,7 @@ static void test_sticky_readonly(void)
     struct waiter w = { &c, &lock, 0 };
     pthread_t t;
     CHECK(pthread_create(&t, NULL, wait_for_room_thread, &w) == 0);
-    for (int i = 0; i < 100 && !atomic_load(&w.passed); i++)
+    for (int i = 0; i < 1000 && !atomic_load(&w.passed); i++)
         sleep_ms(10);
     CHECKF(atomic_load(&w.passed) == 1, "cw_wait_for_room blocks after an I/O error");
     for (unsigned i = 0; i < h.n; i++)
