@@ -389,7 +389,6 @@ struct bs_query {
 static int bs_extent(void *opaque, const char *ctx, uint64_t offset, uint32_t *entries,
                      size_t nr, int *error)
 {
-    (void)error;
     struct bs_query *q = opaque;
     struct runs *r;
     if (!strcmp(ctx, LIBNBD_CONTEXT_BASE_ALLOCATION))
