@@ -284,6 +284,7 @@ int check_parse_extensions(const uint8_t *hdr, size_t len, const struct qcow2_he
                 *why = "bad crypto header extension size";
                 return -EINVAL;
             }
+            ext->has_crypto = 1;
             ext->crypto_offset = qcow2_be64(d);
             ext->crypto_length = qcow2_be64(d + 8);
             if (ext->crypto_offset % cs) {
@@ -396,9 +397,8 @@ static int open_header(struct check *c, const char *path)
     if (h->backing_file_offset &&
         (h->backing_file_size > 1023 || h->backing_file_size > c->cs - h->backing_file_offset))
         return zerr(EINVAL, "cannot check '%s': backing file name too long", path);
-    if (h->refcount_table_clusters == 0)
-        return zerr(EINVAL, "cannot check '%s': image does not contain a reference count table",
-                    path);
+    /* No refcount table at all is allowed in check mode: every refcount
+     * then reads as zero. */
     if (!table_ok(c, h->refcount_table_offset, h->refcount_table_clusters, c->cs,
                   QCOW2_MAX_REFTABLE_BYTES, &why, "reference count table too large",
                   "reference count table offset invalid"))
@@ -408,8 +408,12 @@ static int open_header(struct check *c, const char *path)
         return zerr(EINVAL, "cannot check '%s': %s", path, why);
     unsigned shift = c->cb + (c->cb - (c->ext_l2 ? 4 : 3)); /* bytes one L2 table maps */
     uint64_t need = (h->size >> shift) + ((h->size & ((1ull << shift) - 1)) != 0);
+    if (need > INT32_MAX)
+        return zerr(EFBIG, "cannot check '%s': image is too big", path);
     if (h->l1_size < need)
         return zerr(EINVAL, "cannot check '%s': L1 table is too small", path);
+    if (h->autoclear_features & QCOW2_AUTOCLEAR_DATA_FILE_RAW)
+        return zerr(EINVAL, "cannot check '%s': data-file-raw requires a data file", path);
 
     c->cluster_buf = blk_alloc(c->cs);
     if (!c->cluster_buf)
@@ -419,6 +423,10 @@ static int open_header(struct check *c, const char *path)
         return r;
     if (check_parse_extensions(c->cluster_buf, c->cs, h, &c->ext, &why) < 0)
         return zerr(EINVAL, "cannot check '%s': %s", path, why);
+    /* An AES image is checked without its key (QEMU wants the key to
+     * open it); a LUKS image needs its header. */
+    if (h->crypt_method == 2 && !c->ext.has_crypto)
+        return zerr(EINVAL, "cannot check '%s': missing crypto header for crypt method 2", path);
     if (c->ext.has_data_file)
         note(c, "note: data file extension without the external data file bit ignored");
     if (c->ext.bitmaps_ignored)
@@ -430,7 +438,7 @@ static int open_header(struct check *c, const char *path)
     c->res->total_clusters = (vsize >> c->cb) + ((vsize & (c->cs - 1)) != 0);
 
     c->reftable_len = (uint64_t)h->refcount_table_clusters << (c->cb - 3);
-    c->reftable = malloc(c->reftable_len * 8);
+    c->reftable = malloc(c->reftable_len ? c->reftable_len * 8 : 1);
     if (!c->reftable)
         return zerr(ENOMEM, "out of memory");
     r = read_at(c, c->reftable, c->reftable_len * 8, h->refcount_table_offset);

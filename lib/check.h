@@ -13,7 +13,8 @@ struct check_extensions {
     uint32_t nb_bitmaps;          /* 0: no bitmaps to count */
     uint64_t bitmap_dir_offset;
     uint64_t bitmap_dir_size;
-    uint64_t crypto_offset;       /* LUKS header, 0 length: none */
+    int has_crypto;               /* a LUKS header extension */
+    uint64_t crypto_offset;
     uint64_t crypto_length;
     int bitmaps_ignored;          /* extension present, autoclear bit clear */
     int has_data_file;

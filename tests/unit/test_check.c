@@ -242,7 +242,6 @@ static void test_hostile(void)
         { 36, 4, 0x800000, -EINVAL },              /* L1 too large */
         { 40, 8, 3 * CS + 8, -EINVAL },            /* L1 unaligned */
         { 48, 8, CS + 512, -EINVAL },              /* refcount table unaligned */
-        { 56, 4, 0, -EINVAL },                     /* no refcount table */
         { 56, 4, 0xffffffff, -EINVAL },            /* refcount table too large */
         { 60, 4, 70000, -EINVAL },                 /* too many snapshots */
         { 64, 8, 7, -EINVAL },                     /* snapshot table unaligned */
@@ -263,6 +262,15 @@ static void test_hostile(void)
                zcow_get_error());
     }
 
+    /* No refcount table: QEMU checks such an image (every refcount reads
+     * as zero, so every used cluster is an error). */
+    build(&im, 4, 1);
+    qcow2_put_be32(im.buf + 56, 0);
+    CHECK(run_check(&im, 0, &res, &lines) == 0);
+    /* Clusters 0 and 3 to 7 (the refcount structures are unused now),
+     * and the COPIED flags of the L1 entry and the normal cluster. */
+    CHECKF(res.corruptions == 6 + 2, "%llu corruptions", (unsigned long long)res.corruptions);
+
     /* A refcount table whose entries all point past the end of the file,
      * and an L1 entry pointing there: corruptions, not a crash. */
     build(&im, 4, 1);
@@ -278,7 +286,9 @@ static void test_hostile(void)
     qcow2_put_be64(sn, 3 * CS);
     qcow2_put_be32(sn + 8, 1);
     qcow2_put_be16(sn + 12, 1);
-    sn[40] = '1';
+    qcow2_put_be32(sn + 36, 16); /* extra data: VM state and disk sizes */
+    qcow2_put_be64(sn + 48, qcow2_be64(im.buf + 24));
+    sn[56] = '1';
     im.len = 9 * CS;
     qcow2_put_be32(im.buf + 60, 1);
     qcow2_put_be64(im.buf + 64, 8 * CS);
