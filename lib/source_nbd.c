@@ -54,7 +54,7 @@
 
 struct conn {
     struct nbd_handle *h;
-    bool busy;           /* guarded by nbd_src.lock */
+    bool busy; /* guarded by nbd_src.lock */
     /* Requests in flight and the first error of one; used only by the
      * thread holding the connection, and by libnbd's completion callbacks
      * that run inside that thread's libnbd calls. */
@@ -63,14 +63,14 @@ struct conn {
 };
 
 struct run {
-    uint64_t end;        /* exclusive end offset of the run */
+    uint64_t end; /* exclusive end offset of the run */
     uint32_t flags;
 };
 
 struct runs {
     struct run *v;
     size_t n, cap;
-    bool got;            /* the server answered for this context */
+    bool got; /* the server answered for this context */
 };
 
 /* The block status of [start, end), kept by one thread. */
@@ -78,23 +78,23 @@ struct bs_cache {
     struct bs_cache *next; /* in nbd_src.caches, guarded by nbd_src.lock */
     uint64_t start, end;
     struct runs alloc, dirty;
-    uint64_t query_off;  /* during a query: where the answer starts */
+    uint64_t query_off; /* during a query: where the answer starts */
 };
 
 struct nbd_src {
     char *uri;
-    char *bitmap_ctx;    /* "qemu:dirty-bitmap:NAME", or NULL */
-    bool base_alloc;     /* the server answers base:allocation */
-    uint64_t req_bytes;  /* bytes per read request */
+    char *bitmap_ctx;   /* "qemu:dirty-bitmap:NAME", or NULL */
+    bool base_alloc;    /* the server answers base:allocation */
+    uint64_t req_bytes; /* bytes per read request */
     uint64_t size;
-    pthread_key_t key;   /* this thread's struct bs_cache */
+    pthread_key_t key; /* this thread's struct bs_cache */
 
     pthread_mutex_t lock; /* guards conns[].busy, n_conns, max_conns,
                              connecting, pending, caches */
     pthread_cond_t freed;
     struct conn conns[MAX_CONNS];
     int n_conns, max_conns;
-    bool connecting;     /* a thread is starting or driving `pending` */
+    bool connecting;            /* a thread is starting or driving `pending` */
     struct nbd_handle *pending; /* a connection on its way, or NULL */
     struct timespec pending_t0;
     struct bs_cache *caches;
@@ -146,8 +146,7 @@ static int connect_start(struct nbd_src *ns, struct nbd_handle **out, struct tim
     } else {
         clock_gettime(CLOCK_MONOTONIC, t0);
         if (nbd_aio_connect_uri(h, ns->uri) < 0)
-            e = zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri,
-                     nbd_msg());
+            e = zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri, nbd_msg());
     }
     if (e < 0) {
         nbd_close(h);
@@ -178,8 +177,7 @@ static int connect_step(struct nbd_src *ns, struct nbd_handle *h, const struct t
         if (slice > left)
             slice = left;
         if (nbd_poll(h, (int)(slice < 1000 ? slice : 1000)) < 0)
-            return zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri,
-                        nbd_msg());
+            return zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri, nbd_msg());
     }
     return 1;
 }
@@ -227,9 +225,9 @@ static struct conn *conn_get(struct nbd_src *ns)
             if (e == 0)
                 e = connect_step(ns, h, &t0, EXTRA_CONNECT_TIMEOUT_MS, CONNECT_SLICE_MS);
             /* Both contexts must be there as on the first connection. */
-            if (e == 1 && ((ns->base_alloc &&
-                            nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) ||
-                           (ns->bitmap_ctx && nbd_can_meta_context(h, ns->bitmap_ctx) != 1)))
+            if (e == 1 &&
+                ((ns->base_alloc && nbd_can_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) != 1) ||
+                 (ns->bitmap_ctx && nbd_can_meta_context(h, ns->bitmap_ctx) != 1)))
                 e = -EPROTO;
             if (e < 0 && h) {
                 nbd_close(h);
@@ -301,8 +299,7 @@ static int conn_error(struct nbd_src *ns, struct conn *c, const char *what, uint
 
 /* Issue a read of [OFF, OFF+LEN) into BUF as requests of req_bytes,
  * without waiting for them.  Keeps at most 64 in flight. */
-static int read_issue(struct nbd_src *ns, struct conn *c, uint8_t *buf, uint64_t len,
-                      uint64_t off)
+static int read_issue(struct nbd_src *ns, struct conn *c, uint8_t *buf, uint64_t len, uint64_t off)
 {
     while (len > 0) {
         while (c->pending >= 64) {
@@ -386,8 +383,8 @@ struct bs_query {
     struct bs_cache *bc;
 };
 
-static int bs_extent(void *opaque, const char *ctx, uint64_t offset, uint32_t *entries,
-                     size_t nr, int *error)
+static int bs_extent(void *opaque, const char *ctx, uint64_t offset, uint32_t *entries, size_t nr,
+                     int *error)
 {
     struct bs_query *q = opaque;
     struct runs *r;
