@@ -4,8 +4,8 @@
 # Stages (the sanitizer builds run while stage a's tests do; the tests of
 # b, c and d then run together, the longest first by the last run's times):
 #   a. `make` and `make tests` (build/, -O2): every unit test, every
-#      tests/interop/*.sh, ../shared/acceptance/quick.sh when present, and
-#      valgrind memcheck on one conversion and one restore;
+#      tests/interop/*.sh (valgrind.sh: memcheck on conversions and a
+#      restore) and ../shared/acceptance/quick.sh when present;
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
@@ -55,28 +55,6 @@ if [ "${1:-}" = --one ]; then
     echo "$result" >"$dir/$id.result"
     echo "$id $secs" >>"$dir/times"
     printf '%-6s %s (%ss)%s\n' "$result" "$name" "$secs" "$note"
-    exit 0
-fi
-
-# ---- valgrind memcheck of one conversion and one restore -------------------
-if [ "${1:-}" = --valgrind ]; then
-    zcow=$2
-    command -v valgrind >/dev/null || { echo "valgrind is not installed"; exit 77; }
-    work=$(mktemp -d "${TMPDIR:-/var/tmp}/zcow-valgrind.XXXXXX") || exit 1
-    trap 'rm -rf "$work"' EXIT
-    { yes "valgrind checks zcow" | head -c $((1 << 20)); head -c $((1 << 20)) /dev/urandom
-      head -c $((1 << 20)) /dev/zero; head -c 12345 /dev/urandom; } >"$work/src.raw"
-    vg=(valgrind -q --error-exitcode=99 --leak-check=full
-        --errors-for-leak-kinds=definite,indirect,possible --show-leak-kinds=definite,indirect,possible
-        --track-fds=no)
-    "${vg[@]}" "$zcow" convert -q -j 2 -o cluster_size=64k "$work/src.raw" "$work/img.qcow2" ||
-        { echo "valgrind: convert: exit $?"; exit 1; }
-    qemu-img check -q "$work/img.qcow2" || { echo "qemu-img check failed"; exit 1; }
-    "${vg[@]}" "$zcow" convert -q -j 2 -O raw "$work/img.qcow2" "$work/back.raw" ||
-        { echo "valgrind: restore: exit $?"; exit 1; }
-    size=$(stat -c %s "$work/src.raw")
-    cmp <(head -c "$size" "$work/back.raw") "$work/src.raw" || { echo "restore differs"; exit 1; }
-    echo "valgrind: a conversion and a restore, no errors, no leaks"
     exit 0
 fi
 
@@ -197,7 +175,7 @@ later_ids() {
 
 # ---- a. normal build, its tests; the other builds meanwhile ------------------
 if has_stage a; then
-    echo "# stage a: build/ (-O2): unit, interop, acceptance and valgrind tests"
+    echo "# stage a: build/ (-O2): unit, interop and acceptance tests"
     if build a-build "make (build/)" all && build a-build-tests "make tests (build/)" tests; then
         for t in $(unit_tests build); do
             add "a-$(basename "$t")" "$(basename "$t")" "" "$t"
@@ -205,7 +183,6 @@ if has_stage a; then
         for t in $(interop_tests); do
             add "a-$(basename "$t" .sh)" "$(basename "$t" .sh)" "export ZCOW='$ROOT/build/zcow'" bash "$t"
         done
-        add a-valgrind "valgrind: convert and restore" "" bash tests/run.sh --valgrind "$ROOT/build/zcow"
         if [ -f ../shared/acceptance/quick.sh ]; then
             add a-quick "acceptance quick.sh" "export ZCOW='$ROOT/build/zcow'" \
                 bash ../shared/acceptance/quick.sh
