@@ -216,11 +216,15 @@ while IFS='|' read -r name fmt data from args; do
         # Allocations: in the cases whose allocations differ (the others
         # take the same buffers in the same order).
         [ $op = alloc ] && [[ " j1 writeback restore " = *" $name "* ]] && continue
-        stride=$step
-        [ $op = alloc ] && [ $((c / 12)) -gt "$stride" ] && stride=$((c / 12))
+        # Walk every STRIDEth call, and always the last; allocations: also
+        # the first 4 and the last 8.
+        stride=$step first=1 last=1
+        if [ $op = alloc ]; then
+            [ $((c / 12)) -gt "$stride" ] && stride=$((c / 12))
+            first=4 last=8
+        fi
         for ((n = 1; n <= ${c:-0}; n++)); do
-            # Walk every STRIDEth call, but always the first and last ones.
-            [ $(( (n - 1) % stride )) -eq 0 ] || [ $n -le 4 ] || [ $n -gt $((c - 8)) ] ||
+            [ $(( (n - 1) % stride )) -eq 0 ] || [ $n -le $first ] || [ $n -gt $((c - last)) ] ||
                 continue
             for err in $errs; do
                 one "$name" "$fmt" "$data" "$from" "$args" "$op" "$n" "$err" \
