@@ -55,63 +55,74 @@ done
 cat >"$tmp/mutate.py" <<'EOF'
 import random, struct, sys
 
-src, dst, seed = sys.argv[1], sys.argv[2], int(sys.argv[3])
-r = random.Random(seed)
-d = bytearray(open(src, 'rb').read())
-be64 = lambda o: struct.unpack('>Q', bytes(d[o:o + 8]).ljust(8, b'\0'))[0]
-be32 = lambda o: struct.unpack('>I', bytes(d[o:o + 4]).ljust(4, b'\0'))[0]
-cs = 1 << be32(20)
-OFF = 0x00fffffffffffe00
+def mutate(d, r):
+    be64 = lambda o: struct.unpack('>Q', bytes(d[o:o + 8]).ljust(8, b'\0'))[0]
+    be32 = lambda o: struct.unpack('>I', bytes(d[o:o + 4]).ljust(4, b'\0'))[0]
+    cs = 1 << be32(20)
+    OFF = 0x00fffffffffffe00
 
-# Where the metadata is: header, reftable, refblocks, L1, L2, snapshots.
-regions = [(0, 112)]
-rt, rtc = be64(48), be32(56)
-regions.append((rt, rtc * cs))
-for i in range(min(rtc * cs // 8, 64)):
-    rb = be64(rt + 8 * i) & ~0x1ff
-    if rb and rb < len(d):
-        regions.append((rb, cs))
-l1, l1n = be64(40), be32(36)
-regions.append((l1, l1n * 8))
-for i in range(min(l1n, 64)):
-    l2 = be64(l1 + 8 * i) & OFF
-    if l2 and l2 < len(d):
-        regions.append((l2, cs))
-if be32(60):
-    regions.append((be64(64), 512))
-regions = [(o, min(n, len(d) - o)) for o, n in regions if 0 <= o < len(d) and n > 0]
+    # Where the metadata is: header, reftable, refblocks, L1, L2, snapshots.
+    regions = [(0, 112)]
+    rt, rtc = be64(48), be32(56)
+    regions.append((rt, rtc * cs))
+    for i in range(min(rtc * cs // 8, 64)):
+        rb = be64(rt + 8 * i) & ~0x1ff
+        if rb and rb < len(d):
+            regions.append((rb, cs))
+    l1, l1n = be64(40), be32(36)
+    regions.append((l1, l1n * 8))
+    for i in range(min(l1n, 64)):
+        l2 = be64(l1 + 8 * i) & OFF
+        if l2 and l2 < len(d):
+            regions.append((l2, cs))
+    if be32(60):
+        regions.append((be64(64), 512))
+    regions = [(o, min(n, len(d) - o)) for o, n in regions if 0 <= o < len(d) and n > 0]
 
-interesting = [0, 1, 0x200, cs, cs - 1, len(d), len(d) + cs, 1 << 40, (1 << 63) | cs,
-               1 << 62, 0xffffffffffffffff, 0x7fffffffc0000000]
-for _ in range(r.randint(1, 4)):
-    o, n = r.choice(regions)
-    pos = o + (r.randrange(max(n, 8)) & ~7)
-    if pos + 8 > len(d):
-        continue
-    k = r.randrange(4)
-    if k == 0:
-        v = r.choice(interesting)
-    elif k == 1:
-        v = be64(pos) ^ (1 << r.randrange(64))
-    elif k == 2:
-        v = (be64(pos) & ~OFF) | (r.choice(interesting) & OFF)
-    else:
-        v = be64(pos) + r.choice([-1, 1, -512, 512, -cs, cs])
-    d[pos:pos + 8] = struct.pack('>Q', v & 0xffffffffffffffff)
-if r.randrange(8) == 0:
-    del d[r.randrange(len(d)):]
-open(dst, 'wb').write(d)
+    interesting = [0, 1, 0x200, cs, cs - 1, len(d), len(d) + cs, 1 << 40, (1 << 63) | cs,
+                   1 << 62, 0xffffffffffffffff, 0x7fffffffc0000000]
+    for _ in range(r.randint(1, 4)):
+        o, n = r.choice(regions)
+        pos = o + (r.randrange(max(n, 8)) & ~7)
+        if pos + 8 > len(d):
+            continue
+        k = r.randrange(4)
+        if k == 0:
+            v = r.choice(interesting)
+        elif k == 1:
+            v = be64(pos) ^ (1 << r.randrange(64))
+        elif k == 2:
+            v = (be64(pos) & ~OFF) | (r.choice(interesting) & OFF)
+        else:
+            v = be64(pos) + r.choice([-1, 1, -512, 512, -cs, cs])
+        d[pos:pos + 8] = struct.pack('>Q', v & 0xffffffffffffffff)
+    if r.randrange(8) == 0:
+        del d[r.randrange(len(d)):]
+
+
+src, dst, first, count = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+orig = open(src, 'rb').read()
+for seed in range(first, first + count):
+    r = random.Random(seed)
+    d = bytearray(orig)
+    mutate(d, r)
+    open('%s-%d.qcow2' % (dst, seed), 'wb').write(d)
 EOF
 
 passed=0
 failed=0
 skipped=0
-i=0
+n=0
 for f in "$tmp"/*.qcow2; do
-    for m in $(seq 1 "$MUTATIONS"); do
-        i=$((i + 1))
-        img=$tmp/mutant.qcow2
-        python3 "$tmp/mutate.py" "$f" "$img" $((SEED + i)) || { failed=$((failed + 1)); continue; }
+    base=$(basename "$f" .qcow2)
+    # Mutants beside the seeds, where the backing file name resolves.
+    if ! python3 "$tmp/mutate.py" "$f" "$tmp/m-$base" $((SEED + n)) "$MUTATIONS"; then
+        failed=$((failed + 1))
+        echo "not ok - cannot mutate $base"
+        continue
+    fi
+    n=$((n + MUTATIONS))
+    for img in "$tmp/m-$base"-*.qcow2; do
         timeout 60 qemu-img check -f qcow2 --output=json "$img" >"$tmp/q.json" 2>"$tmp/q.err"
         qrc=$?
         if grep -q -e "Could not open backing file" -e "key-secret" "$tmp/q.err"; then
@@ -126,12 +137,12 @@ for f in "$tmp"/*.qcow2; do
         fi
         failed=$((failed + 1))
         mkdir -p "$keep"
-        name=$(basename "$f" .qcow2)-$((SEED + i)).qcow2
+        name=$(basename "$img")
         cp "$img" "$keep/$name"
-        echo "not ok - $(basename "$f") mutation $((SEED + i)): zcow exits $zrc, qemu-img $qrc;" \
-            "kept as $keep/$name"
+        echo "not ok - $name: zcow exits $zrc, qemu-img $qrc; kept as $keep/$name"
         diff "$tmp/q.json" "$tmp/z.json" | sed 's/^/#   /' | head -8
     done
+    rm -f "$tmp/m-$base"-*.qcow2
 done
 
 echo "# check-mutations: $passed passed, $failed failed, $skipped skipped (backing file or key)"
