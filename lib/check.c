@@ -156,6 +156,13 @@ static int read_at(struct check *c, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
+/* Can QEMU read [OFF, OFF+LEN)?  Its block layer fails requests past
+ * QEMU_MAX_LENGTH, so a table there stops QEMU's open or check. */
+static bool reachable(uint64_t off, uint64_t len)
+{
+    return off <= QEMU_MAX_LENGTH && len <= QEMU_MAX_LENGTH - off;
+}
+
 static uint64_t rc_get(const struct check *c, uint64_t k)
 {
     return c->rc16 ? c->rc16[k] : c->rc32[k];
@@ -366,9 +373,20 @@ static int open_header(struct check *c, const char *path)
     if (r < 0)
         return r;
     const char *why;
+    /* The spec wants a version 3 header length that is a multiple of 8,
+     * and our decoder insists; QEMU does not, so neither does its check:
+     * decode with the length rounded up, then keep the real one. */
+    uint32_t hlen = n >= 104 ? qcow2_be32(first + 100) : 0;
+    bool odd_len = qcow2_be32(first + 4) == 3 && hlen > 104 && hlen % 8;
+    if (odd_len)
+        qcow2_put_be32(first + 100, (hlen + 7) & ~7u);
     if (qcow2_header_decode(first, n, &c->h, &why) < 0)
         return zerr(EINVAL, "cannot check '%s': %s", path, why);
     struct qcow2_header *h = &c->h;
+    if (odd_len) {
+        h->header_length = hlen;
+        note(c, "note: header length %" PRIu32 " is not a multiple of 8", hlen);
+    }
     c->cb = h->cluster_bits;
     c->cs = 1ull << c->cb;
     c->order = h->refcount_order;
@@ -437,7 +455,11 @@ static int open_header(struct check *c, const char *path)
     uint64_t vsize = h->size & ~511ull;
     c->res->total_clusters = (vsize >> c->cb) + ((vsize & (c->cs - 1)) != 0);
 
+    if (h->l1_size && !reachable(h->l1_table_offset, h->l1_size * 8ull))
+        return zerr(EIO, "cannot check '%s': cannot read the L1 table", path);
     c->reftable_len = (uint64_t)h->refcount_table_clusters << (c->cb - 3);
+    if (c->reftable_len && !reachable(h->refcount_table_offset, c->reftable_len * 8))
+        return zerr(EIO, "cannot check '%s': cannot read the refcount table", path);
     c->reftable = malloc(c->reftable_len ? c->reftable_len * 8 : 1);
     if (!c->reftable)
         return zerr(ENOMEM, "out of memory");
@@ -489,6 +511,10 @@ static int read_snapshot_table(struct check *c, const char *path)
             c->res->corruptions++;
         }
         off += SNAPSHOT_HEADER_LEN + (uint64_t)extra + id_len + name_len;
+        if (!reachable(off, 0)) {
+            c->res->check_errors++;
+            return zerr(EIO, "cannot check '%s': cannot read the snapshot table", path);
+        }
         if (off - base > MAX_SNAPSHOTS_SIZE) {
             c->res->check_errors++;
             return zerr(EFBIG, "cannot check '%s': snapshot table is too big", path);
@@ -579,6 +605,10 @@ static int walk_l1(struct check *c, uint64_t l1_off, uint64_t l1_size, bool acti
     if (!l1_size)
         return 0;
     count_range(c, l1_off, l1_size * 8, mult);
+    if (!reachable(l1_off, l1_size * 8)) {
+        c->res->check_errors++;
+        return zerr(EIO, "cannot read the L1 table at offset 0x%" PRIx64, l1_off);
+    }
     /* Entries past the end of the file read as zero and count nothing. */
     uint64_t in_file = 0;
     if (l1_off < c->file_len) {
@@ -837,6 +867,10 @@ static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries, b
                         const char **why)
 {
     count_range(c, table_off, entries * 8, 1);
+    if (!reachable(table_off, entries * 8)) {
+        *why = "cannot read a bitmap table";
+        return -EINVAL;
+    }
     uint64_t in_file = 0;
     if (table_off < c->file_len) {
         in_file = (c->file_len - table_off + 7) / 8;
