@@ -15,13 +15,16 @@
 # Any sanitizer report fails the test that produced it (reports are written
 # to files with log_path and looked for after each test).
 #
-# Each test runs under a timeout, two at a time (JOBS), and prints one line:
+# Each test runs under a timeout, TEST_JOBS at a time (3: most tests wait on
+# the disk more than they compute), and prints one line:
 # `ok`, `not ok` or `skip` (exit 77: an optional peer is missing).  The last
 # line is `N passed, N failed`; skips are listed on the line before.  The
 # exit status is 0 only when nothing failed.  Logs: build/test-logs/.
 #
-# Environment: JOBS (2), TEST_TIMEOUT (600 s per test), TEST_SEED (passed
-# on to every randomised test), STAGES (default "a b c d", e.g. STAGES=a).
+# Environment: JOBS (2, make's -j), TEST_JOBS (3), TEST_TIMEOUT (600 s per
+# test), TEST_SEED (passed on to every randomised test), STAGES (default
+# "a b c d", e.g. STAGES=a).  Tests see ZCOW_TEST_SANITIZER=address,undefined
+# or thread in stages b and c: a test may run fewer rounds there.
 set -u
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -59,6 +62,7 @@ if [ "${1:-}" = --one ]; then
 fi
 
 JOBS=${JOBS:-2}
+TEST_JOBS=${TEST_JOBS:-3}
 TEST_TIMEOUT=${TEST_TIMEOUT:-600}
 STAGES=${STAGES:-a b c d}
 LOGDIR=$ROOT/build/test-logs
@@ -73,7 +77,7 @@ failed=0
 skipped=()
 t_start=$(date +%s)
 
-echo "# zcow tests: TEST_SEED=$TEST_SEED JOBS=$JOBS logs in $LOGDIR"
+echo "# zcow tests: TEST_SEED=$TEST_SEED JOBS=$JOBS TEST_JOBS=$TEST_JOBS logs in $LOGDIR"
 
 # tally ID...: count results; print the log tail of every failure.
 tally() {
@@ -128,7 +132,7 @@ add() {
     queue+=("$id")
 }
 
-# run_queue: run the queued tests, JOBS at a time, the longest first (by
+# run_queue: run the queued tests, TEST_JOBS at a time, the longest first (by
 # the last run's times; a new test counts as long), then count them.
 run_queue() {
     [ ${#queue[@]} -eq 0 ] && return
@@ -137,7 +141,7 @@ run_queue() {
         t=$(awk -v id="$id" '$1 == id { t = $2 } END { print t == "" ? 60 : t }' "$TIMES" 2>/dev/null)
         echo "${t:-60} $id"
     done | sort -rn | awk '{ print $2 }' |
-        xargs -P "$JOBS" -I{} bash "$ROOT/tests/run.sh" --one {}
+        xargs -P "$TEST_JOBS" -I{} bash "$ROOT/tests/run.sh" --one {}
     tally "${queue[@]}"
     queue=()
 }
@@ -146,10 +150,12 @@ interop_tests() { ls tests/interop/*.sh | grep -v '/functions\.sh$'; }
 unit_tests() { ls "$1"/tests/test_* 2>/dev/null; }
 
 # Sanitizer options: reports go to files in the test's own directory.
-san_env='export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$RUN_SAN_DIR/asan"
+san_env='export ZCOW_TEST_SANITIZER=address,undefined
+export ASAN_OPTIONS="detect_leaks=1:abort_on_error=1:log_path=$RUN_SAN_DIR/asan"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:log_path=$RUN_SAN_DIR/ubsan"
 export LSAN_OPTIONS="log_path=$RUN_SAN_DIR/lsan"'
-tsan_env='export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$RUN_SAN_DIR/tsan"'
+tsan_env='export ZCOW_TEST_SANITIZER=thread
+export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:log_path=$RUN_SAN_DIR/tsan"'
 
 has_stage() { case " $STAGES " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 has_target() { grep -q "^$1:" Makefile; }
