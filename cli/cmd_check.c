@@ -10,17 +10,16 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: zcow check [--output=human|json] [--decompress] [-q] [-f qcow2] IMAGE\n"
-            "\n"
-            "Rebuild the refcounts of a qcow2 image from its L1/L2 tables, snapshots and\n"
-            "refcount structures and compare them with the stored ones.\n"
-            "\n"
-            "  --output=FMT   human (default) or json, as qemu-img check\n"
-            "  --decompress   also decompress every compressed cluster\n"
-            "  -q, --quiet    no output but the errors found\n"
-            "\n"
-            "exit status: 0 clean, 1 check not completed, 2 corruptions, 3 leaks only\n");
+    fprintf(f, "usage: zcow check [--output=human|json] [--decompress] [-q] [-f qcow2] IMAGE\n"
+               "\n"
+               "Rebuild the refcounts of a qcow2 image from its L1/L2 tables, snapshots and\n"
+               "refcount structures and compare them with the stored ones.\n"
+               "\n"
+               "  --output=FMT   human (default) or json, as qemu-img check\n"
+               "  --decompress   also decompress every compressed cluster\n"
+               "  -q, --quiet    no output but the errors found\n"
+               "\n"
+               "exit status: 0 clean, 1 check not completed, 2 corruptions, 3 leaks only\n");
 }
 
 static void report_line(void *opaque, const char *line)
@@ -49,12 +48,12 @@ static void print_json_string(const char *s)
 static void print_json(const char *path, const struct zcow_check_result *r)
 {
     const char *sep = "{\n";
-#define FIELD(name, value, always)                                             \
-    do {                                                                       \
-        if ((always) || (value)) {                                             \
-            printf("%s    \"%s\": %" PRIu64, sep, name, (uint64_t)(value));    \
-            sep = ",\n";                                                       \
-        }                                                                      \
+#define FIELD(name, value, always)                                                                 \
+    do {                                                                                           \
+        if ((always) || (value)) {                                                                 \
+            printf("%s    \"%s\": %" PRIu64, sep, name, (uint64_t)(value));                        \
+            sep = ",\n";                                                                           \
+        }                                                                                          \
     } while (0)
     FIELD("image-end-offset", r->image_end_offset, 0);
     FIELD("compressed-clusters", r->compressed_clusters, 0);

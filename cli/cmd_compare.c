@@ -10,25 +10,21 @@
 
 static void usage(FILE *f)
 {
-    fprintf(f,
-            "usage: zcow compare [-f FMT] [-F FMT] [-s] [-q] IMAGE1 IMAGE2\n"
-            "\n"
-            "Compare the guest contents of two images (raw or qcow2).  Where one image\n"
-            "is longer, its extra part must read as zero.\n"
-            "\n"
-            "  -f FMT    format of IMAGE1: raw or qcow2 (default: probe)\n"
-            "  -F FMT    format of IMAGE2\n"
-            "  -s        strict: images of different sizes differ (unlike qemu-img,\n"
-            "            allocation status is not compared)\n"
-            "  -q        quiet: no output, only the exit status\n"
-            "\n"
-            "exit status: 0 identical, 1 different, 2 cannot open, 4 read error\n");
+    fprintf(f, "usage: zcow compare [-f FMT] [-F FMT] [-s] [-q] IMAGE1 IMAGE2\n"
+               "\n"
+               "Compare the guest contents of two images (raw or qcow2).  Where one image\n"
+               "is longer, its extra part must read as zero.\n"
+               "\n"
+               "  -f FMT    format of IMAGE1: raw or qcow2 (default: probe)\n"
+               "  -F FMT    format of IMAGE2\n"
+               "  -s        strict: images of different sizes differ (unlike qemu-img,\n"
+               "            allocation status is not compared)\n"
+               "  -q        quiet: no output, only the exit status\n"
+               "\n"
+               "exit status: 0 identical, 1 different, 2 cannot open, 4 read error\n");
 }
 
-static int valid_format(const char *f)
-{
-    return !strcmp(f, "raw") || !strcmp(f, "qcow2");
-}
+static int valid_format(const char *f) { return !strcmp(f, "raw") || !strcmp(f, "qcow2"); }
 
 static uint64_t virtual_size(zcow_image *img)
 {

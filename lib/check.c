@@ -91,13 +91,13 @@ struct check {
     struct qcow2_header h;
     struct check_extensions ext;
     uint64_t file_len;
-    unsigned cb;          /* cluster_bits */
-    uint64_t cs;          /* cluster size */
+    unsigned cb; /* cluster_bits */
+    uint64_t cs; /* cluster size */
     bool ext_l2;
-    unsigned l2_esize;    /* bytes per L2 entry: 8, or 16 with extended L2 */
-    uint64_t l2_entries;  /* entries per L2 table */
-    unsigned order;       /* refcount_order */
-    unsigned rb_bits;     /* log2 of the entries per refcount block */
+    unsigned l2_esize;   /* bytes per L2 entry: 8, or 16 with extended L2 */
+    uint64_t l2_entries; /* entries per L2 table */
+    unsigned order;      /* refcount_order */
+    unsigned rb_bits;    /* log2 of the entries per refcount block */
 
     uint64_t *reftable;
     uint64_t reftable_len;
@@ -188,8 +188,10 @@ static bool count_range(struct check *c, uint64_t off, uint64_t len, uint64_t mu
     uint64_t end;
     if (__builtin_add_overflow(off, len, &end) ||
         (end > c->file_len && end - c->file_len >= c->cs)) {
-        note(c, "ERROR: counting reference for region exceeding the end of the file by one "
-                "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64, off, len);
+        note(c,
+             "ERROR: counting reference for region exceeding the end of the file by one "
+             "cluster or more: offset 0x%" PRIx64 " size 0x%" PRIx64,
+             off, len);
         c->res->corruptions += mult;
         return false;
     }
@@ -228,7 +230,7 @@ static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
     if (rb > QEMU_MAX_LENGTH - c->cs)
         return -EIO; /* QEMU's block layer refuses the read */
     if (rb >= c->file_len)
-        return 0; /* reads as zero */
+        return 0;                                                /* reads as zero */
     uint64_t bit = (k & ((1ull << c->rb_bits) - 1)) << c->order; /* < 8 * cs */
     uint64_t byte = rb + (bit >> 3);
     uint64_t page = byte & ~(uint64_t)(RC_PAGE - 1);
@@ -274,8 +276,7 @@ int check_parse_extensions(const uint8_t *hdr, size_t len, const struct qcow2_he
         }
         const uint8_t *d = hdr + off;
         switch (type) {
-        case QCOW2_EXT_END:
-            return 0;
+        case QCOW2_EXT_END: return 0;
         case QCOW2_EXT_BACKING_FORMAT:
             if (elen >= 16) { /* QEMU keeps it in a char[16] */
                 *why = "backing format name too long";
@@ -337,11 +338,8 @@ int check_parse_extensions(const uint8_t *hdr, size_t len, const struct qcow2_he
             ext->bitmap_dir_size = dir_size;
             break;
         }
-        case QCOW2_EXT_DATA_FILE:
-            ext->has_data_file = 1;
-            break;
-        default:
-            break; /* the feature table and unknown extensions */
+        case QCOW2_EXT_DATA_FILE: ext->has_data_file = 1; break;
+        default: break; /* the feature table and unknown extensions */
         }
         off += ((uint64_t)elen + 7) & ~7ull;
     }
@@ -501,8 +499,10 @@ static int read_snapshot_table(struct check *c, const char *path)
         uint32_t extra = qcow2_be32(sh + 36);
         if (extra > MAX_SNAPSHOT_EXTRA) {
             c->res->check_errors++;
-            return zerr(EFBIG, "cannot check '%s': too much extra metadata in snapshot table "
-                               "entry %" PRIu32, path, i);
+            return zerr(EFBIG,
+                        "cannot check '%s': too much extra metadata in snapshot table "
+                        "entry %" PRIu32,
+                        path, i);
         }
         /* Version 3 entries carry at least the 64-bit VM state size and
          * the disk size (QEMU: qcow2_check_read_snapshot_table). */
@@ -533,8 +533,10 @@ static int alloc_counters(struct check *c, const char *path)
     uint64_t n = c->nb_clusters + 1;
     bool wide = c->order > 4;
     if (n > MAX_COUNTER_BYTES / (wide ? 4 : 2))
-        return zerr(EFBIG, "cannot check '%s': %" PRIu64 " clusters would need more than 1 GiB "
-                           "of counters", path, n);
+        return zerr(EFBIG,
+                    "cannot check '%s': %" PRIu64 " clusters would need more than 1 GiB "
+                    "of counters",
+                    path, n);
     if (wide) {
         c->rc32 = calloc(n, 4);
         /* Exact for 32-bit refcounts; 64-bit ones saturate here at 2^32 - 1,
@@ -634,8 +636,10 @@ static int walk_l1(struct check *c, uint64_t l1_off, uint64_t l1_size, bool acti
             uint64_t l2 = e & QCOW2_OFFSET_MASK;
             count_range(c, l2, c->cs, mult);
             if (l2 & (c->cs - 1)) {
-                note(c, "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
-                        "corrupted", l2);
+                note(c,
+                     "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
+                     "corrupted",
+                     l2);
                 c->res->corruptions += mult;
             }
             r = l2map_add(c, l2, mult, active ? mult : 0);
@@ -643,8 +647,10 @@ static int walk_l1(struct check *c, uint64_t l1_off, uint64_t l1_size, bool acti
                 uint64_t rc;
                 if (stored_refcount(c, l2 >> c->cb, &rc) == 0 &&
                     (rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
-                    note(c, "ERROR OFLAG_COPIED L2 cluster: l1_index=%" PRIu64 " l1_entry=%" PRIx64
-                            " refcount=%" PRIu64, base + i, e, rc);
+                    note(c,
+                         "ERROR OFLAG_COPIED L2 cluster: l1_index=%" PRIu64 " l1_entry=%" PRIx64
+                         " refcount=%" PRIu64,
+                         base + i, e, rc);
                     c->res->corruptions++;
                 }
             }
@@ -679,8 +685,10 @@ static int try_decompress(struct check *c, uint64_t l2_off, uint64_t i, uint64_t
     if (r < 0)
         return r;
     if (codec_decompress(c->h.compression_type, c->cdata, clen, c->cout, c->cs) < 0) {
-        note(c, "ERROR compressed cluster at host offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
-                " entry %" PRIu64 ") does not decompress", coff, l2_off, i);
+        note(c,
+             "ERROR compressed cluster at host offset 0x%" PRIx64 " (L2 table 0x%" PRIx64
+             " entry %" PRIu64 ") does not decompress",
+             coff, l2_off, i);
         c->res->corruptions++;
         c->res->decompress_failures++;
     }
@@ -719,14 +727,18 @@ static int walk_l2(struct check *c, const struct l2ref *t)
         case T_COMPRESSED: {
             if (e & QCOW2_OFLAG_COPIED) {
                 uint64_t coff_mask = (1ull << qcow2_csize_shift(c->cb)) - 1;
-                note(c, "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for "
-                        "compressed clusters", (uint64_t)(e & coff_mask));
+                note(c,
+                     "ERROR: coffset=0x%" PRIx64 ": copied flag must never be set for "
+                     "compressed clusters",
+                     (uint64_t)(e & coff_mask));
                 res->corruptions += refs;
                 e &= ~QCOW2_OFLAG_COPIED;
             }
             if (bm) {
-                note(c, "ERROR compressed cluster %" PRIu64 " with non-zero subcluster "
-                        "allocation bitmap, entry=0x%" PRIx64, i, e);
+                note(c,
+                     "ERROR compressed cluster %" PRIu64 " with non-zero subcluster "
+                     "allocation bitmap, entry=0x%" PRIx64,
+                     i, e);
                 res->corruptions += refs;
                 break;
             }
@@ -747,18 +759,24 @@ static int walk_l2(struct check *c, const struct l2ref *t)
         case T_NORMAL: {
             uint64_t off = e & QCOW2_OFFSET_MASK;
             if ((bm >> 32) & bm) {
-                note(c, "ERROR offset=%" PRIx64 ": Allocated cluster has corrupted subcluster "
-                        "allocation bitmap", off);
+                note(c,
+                     "ERROR offset=%" PRIx64 ": Allocated cluster has corrupted subcluster "
+                     "allocation bitmap",
+                     off);
                 res->corruptions += refs;
             }
             if (off & (c->cs - 1)) {
                 bool data = c->ext_l2 ? (bm & L2_BITMAP_ALL_ALLOC) : !(e & QCOW2_OFLAG_ZERO);
                 if (data)
-                    note(c, "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
-                            "L2 entry corrupted.", off);
+                    note(c,
+                         "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
+                         "L2 entry corrupted.",
+                         off);
                 else
-                    note(c, "ERROR offset=%" PRIx64 ": Preallocated cluster is not properly "
-                            "aligned; L2 entry corrupted.", off);
+                    note(c,
+                         "ERROR offset=%" PRIx64 ": Preallocated cluster is not properly "
+                         "aligned; L2 entry corrupted.",
+                         off);
                 res->corruptions += refs;
             }
             if (act) {
@@ -773,15 +791,15 @@ static int walk_l2(struct check *c, const struct l2ref *t)
                 uint64_t rc;
                 if (stored_refcount(c, off >> c->cb, &rc) == 0 &&
                     (rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
-                    note(c, "ERROR OFLAG_COPIED data cluster: l2_entry=%" PRIx64
-                            " refcount=%" PRIu64, e, rc);
+                    note(c,
+                         "ERROR OFLAG_COPIED data cluster: l2_entry=%" PRIx64 " refcount=%" PRIu64,
+                         e, rc);
                     res->corruptions += act;
                 }
             }
             break;
         }
-        case T_ZERO_PLAIN:
-            break;
+        case T_ZERO_PLAIN: break;
         case T_UNALLOCATED:
             if (bm & L2_BITMAP_ALL_ALLOC) {
                 note(c, "ERROR: Unallocated cluster has non-zero subcluster allocation map");
@@ -813,14 +831,18 @@ static int walk_snapshots(struct check *c)
     for (uint32_t i = 0; i < c->nsnaps; i++) {
         struct snap s = c->snaps[i];
         if (s.l1_offset & (c->cs - 1)) {
-            note(c, "ERROR snapshot %" PRIu32 " l1_offset=%#" PRIx64 ": L1 table is not cluster "
-                    "aligned; snapshot table entry corrupted", i, s.l1_offset);
+            note(c,
+                 "ERROR snapshot %" PRIu32 " l1_offset=%#" PRIx64 ": L1 table is not cluster "
+                 "aligned; snapshot table entry corrupted",
+                 i, s.l1_offset);
             c->res->corruptions++;
             continue;
         }
         if (s.l1_size > MAX_L1_ENTRIES) {
-            note(c, "ERROR snapshot %" PRIu32 " l1_size=%#" PRIx64 ": L1 table is too large; "
-                    "snapshot table entry corrupted", i, s.l1_size);
+            note(c,
+                 "ERROR snapshot %" PRIu32 " l1_size=%#" PRIx64 ": L1 table is too large; "
+                 "snapshot table entry corrupted",
+                 i, s.l1_size);
             c->res->corruptions++;
             continue;
         }
@@ -894,8 +916,10 @@ static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries, b
                     r = -EINVAL;
                     break;
                 }
-                note(c, "ERROR bitmap table entry %" PRIu64 " of the table at 0x%" PRIx64
-                        " is invalid: %" PRIx64, base + i, table_off, e);
+                note(c,
+                     "ERROR bitmap table entry %" PRIu64 " of the table at 0x%" PRIx64
+                     " is invalid: %" PRIx64,
+                     base + i, table_off, e);
                 c->res->corruptions++;
                 continue;
             }
@@ -967,8 +991,8 @@ static int count_bitmaps(struct check *c, const char *path)
         for (uint64_t p = 0; p < pos && !duplicate;) {
             const uint8_t *o = dir + p;
             uint16_t olen = qcow2_be16(o + 18);
-            duplicate = olen == name_len && !memcmp(o + BITMAP_DIR_ENTRY_LEN,
-                                                    e + BITMAP_DIR_ENTRY_LEN, name_len);
+            duplicate = olen == name_len &&
+                        !memcmp(o + BITMAP_DIR_ENTRY_LEN, e + BITMAP_DIR_ENTRY_LEN, name_len);
             p += (BITMAP_DIR_ENTRY_LEN + (uint64_t)olen + 7) & ~7ull;
         }
         if (duplicate && !in_use)
@@ -1001,8 +1025,10 @@ static void count_refblocks(struct check *c)
         }
         uint64_t off = e & REFT_OFFSET_MASK;
         if (off & (c->cs - 1)) {
-            note(c, "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount table "
-                    "entry corrupted", i);
+            note(c,
+                 "ERROR refcount block %" PRIu64 " is not cluster aligned; refcount table "
+                 "entry corrupted",
+                 i);
             c->res->corruptions++;
             continue;
         }
@@ -1032,8 +1058,10 @@ static int compare_refcounts(struct check *c)
         if (r == -EIO) {
             uint64_t blk = k >> c->rb_bits;
             if (blk != bad_block) {
-                note(c, "Can't get refcount for cluster %" PRIu64 ": refcount block %" PRIu64
-                        " is unaligned or out of reach (its other clusters too)", k, blk);
+                note(c,
+                     "Can't get refcount for cluster %" PRIu64 ": refcount block %" PRIu64
+                     " is unaligned or out of reach (its other clusters too)",
+                     k, blk);
                 bad_block = blk;
             }
             c->res->check_errors++;

@@ -10,13 +10,13 @@
 
 /* What the header extensions of an image say, as far as the check needs. */
 struct check_extensions {
-    uint32_t nb_bitmaps;          /* 0: no bitmaps to count */
+    uint32_t nb_bitmaps; /* 0: no bitmaps to count */
     uint64_t bitmap_dir_offset;
     uint64_t bitmap_dir_size;
-    int has_crypto;               /* a LUKS header extension */
+    int has_crypto; /* a LUKS header extension */
     uint64_t crypto_offset;
     uint64_t crypto_length;
-    int bitmaps_ignored;          /* extension present, autoclear bit clear */
+    int bitmaps_ignored; /* extension present, autoclear bit clear */
     int has_data_file;
 };
 

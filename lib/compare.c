@@ -20,13 +20,13 @@
 
 struct cmp {
     zcow_image *a, *b;
-    uint64_t common;          /* bytes both images have */
-    uint64_t total;           /* bytes of the longer one */
-    zcow_image *longer;       /* NULL when the sizes are equal */
-    _Atomic uint64_t next;    /* next block index to take */
-    _Atomic uint64_t found;   /* smallest mismatch offset; UINT64_MAX none */
-    pthread_mutex_t lock;     /* guards err, err_offset and msg */
-    int err;                  /* read error of the lowest block (negative errno) */
+    uint64_t common;        /* bytes both images have */
+    uint64_t total;         /* bytes of the longer one */
+    zcow_image *longer;     /* NULL when the sizes are equal */
+    _Atomic uint64_t next;  /* next block index to take */
+    _Atomic uint64_t found; /* smallest mismatch offset; UINT64_MAX none */
+    pthread_mutex_t lock;   /* guards err, err_offset and msg */
+    int err;                /* read error of the lowest block (negative errno) */
     uint64_t err_offset;
     char msg[512];
 };
@@ -182,7 +182,9 @@ int zcow_compare_images(zcow_image *a, zcow_image *b, int strict, uint64_t *mism
         .b = b,
         .common = sa < sb ? sa : sb,
         .total = sa > sb ? sa : sb,
-        .longer = sa > sb ? a : sb > sa ? b : NULL,
+        .longer = sa > sb   ? a
+                  : sb > sa ? b
+                            : NULL,
     };
     atomic_init(&c.next, 0);
     atomic_init(&c.found, UINT64_MAX);

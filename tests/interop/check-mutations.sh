@@ -9,40 +9,25 @@
 # must give the same exit code and, when the check completes, the same
 # JSON.  Images that qemu-img cannot open because their backing file name
 # was damaged, or because it wants an encryption key (zcow checks
-# encrypted images without one), are not compared.  The seed is printed and taken from
-# TEST_SEED to reproduce a failure; the failing image is kept in
-# build/check-mutations/ for a look.
+# encrypted images without one), are not compared.  The seed is printed
+# and taken from TEST_SEED to reproduce a failure; the failing image is
+# kept in build/check-mutations/ for a look.
 #
 # Exit 0 pass, 1 fail.  qemu-img and python3 are required (a missing one
 # is a failure, not a skip).
-set -u
-
-ZCOW=${ZCOW:-build/zcow}
-case $ZCOW in /*) ;; *) ZCOW=$PWD/$ZCOW ;; esac
+. "$(dirname "$0")/functions.sh"
+requires qemu-img python3
+requires_zcow
+tmp=$work
 MUTATIONS=${MUTATIONS:-10}
-SEED=${TEST_SEED:-$(date +%s)}
-
-for tool in qemu-img python3; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "FAIL: $tool is required and not found"
-        exit 1
-    fi
-done
-if [ ! -x "$ZCOW" ]; then
-    echo "FAIL: $ZCOW is not built"
-    exit 1
-fi
-seeds=tests/fuzz/corpus/check
+SEED=$TEST_SEED
+seeds=$ROOT/tests/fuzz/corpus/check
 if [ ! -d "$seeds" ]; then
-    echo "FAIL: no seed images in $seeds"
+    echo "$TEST_NAME: no seed images in $seeds" >&2
     exit 1
 fi
-
-tmp=$(mktemp -d /var/tmp/zcow-check-mut.XXXXXX)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-keep=build/check-mutations
+keep=$ROOT/build/check-mutations
+skipped=0
 
 echo "# check-mutations: seed $SEED (reproduce with TEST_SEED=$SEED)"
 
@@ -109,16 +94,12 @@ for seed in range(first, first + count):
     open('%s-%d.qcow2' % (dst, seed), 'wb').write(d)
 EOF
 
-passed=0
-failed=0
-skipped=0
 n=0
 for f in "$tmp"/*.qcow2; do
     base=$(basename "$f" .qcow2)
     # Mutants beside the seeds, where the backing file name resolves.
     if ! python3 "$tmp/mutate.py" "$f" "$tmp/m-$base" $((SEED + n)) "$MUTATIONS"; then
-        failed=$((failed + 1))
-        echo "not ok - cannot mutate $base"
+        fail "cannot mutate $base"
         continue
     fi
     n=$((n + MUTATIONS))
@@ -132,18 +113,17 @@ for f in "$tmp"/*.qcow2; do
         timeout 60 "$ZCOW" check --output=json "$img" >"$tmp/z.json" 2>"$tmp/z.err"
         zrc=$?
         if [ "$qrc" = "$zrc" ] && { [ "$qrc" = 1 ] || cmp -s "$tmp/q.json" "$tmp/z.json"; }; then
-            passed=$((passed + 1))
+            pass
             continue
         fi
-        failed=$((failed + 1))
         mkdir -p "$keep"
         name=$(basename "$img")
         cp "$img" "$keep/$name"
-        echo "not ok - $name: zcow exits $zrc, qemu-img $qrc; kept as $keep/$name"
+        fail "$name: zcow exits $zrc, qemu-img $qrc; kept as $keep/$name"
         diff "$tmp/q.json" "$tmp/z.json" | sed 's/^/#   /' | head -8
     done
     rm -f "$tmp/m-$base"-*.qcow2
 done
 
-echo "# check-mutations: $passed passed, $failed failed, $skipped skipped (backing file or key)"
-[ "$failed" = 0 ]
+echo "# check-mutations: $skipped skipped (backing file or key damaged)"
+finish

@@ -13,31 +13,14 @@
 #
 # Exit 0 pass, 1 fail.  qemu-img, qemu-io and python3 are required (a
 # missing one is a failure, not a skip).
-set -u
+. "$(dirname "$0")/functions.sh"
+requires qemu-img qemu-io python3
+requires_zcow
+tmp=$work
 
-ZCOW=${ZCOW:-build/zcow}
-case $ZCOW in /*) ;; *) ZCOW=$PWD/$ZCOW ;; esac
-
-for tool in qemu-img qemu-io python3; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "FAIL: $tool is required and not found"
-        exit 1
-    fi
-done
-if [ ! -x "$ZCOW" ]; then
-    echo "FAIL: $ZCOW is not built"
-    exit 1
-fi
-
-tmp=$(mktemp -d /var/tmp/zcow-check-qemu.XXXXXX)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok - $*"; }
-fail() { failed=$((failed + 1)); echo "not ok - $*"; }
+# Each case prints one line, as TAP does; functions.sh counts them.
+ok() { pass; echo "ok - $*"; }
+bad() { fail "$*"; echo "not ok - $*"; }
 
 # The damage tool: edits qcow2 metadata in place.
 cat >"$tmp/edit.py" <<'EOF'
@@ -211,33 +194,33 @@ agree() {
     "$ZCOW" check --output=json "$img" >"$tmp/z.json" 2>"$tmp/z.err"
     zrc=$?
     if [ "$qrc" != "$expect" ]; then
-        fail "$name: qemu-img check exits $qrc, the case needs $expect (test broken?)"
+        bad "$name: qemu-img check exits $qrc, the case needs $expect (test broken?)"
         sed 's/^/#   qemu: /' "$tmp/q.err" | head -5
         return
     fi
     if [ "$zrc" != "$qrc" ]; then
-        fail "$name: zcow check exits $zrc, qemu-img check $qrc"
+        bad "$name: zcow check exits $zrc, qemu-img check $qrc"
         sed 's/^/#   zcow: /' "$tmp/z.err" | head -10
         sed 's/^/#   qemu: /' "$tmp/q.err" | head -10
         return
     fi
     if [ "$qrc" != 1 ] && ! diff -u "$tmp/q.json" "$tmp/z.json" >"$tmp/diff"; then
-        fail "$name: JSON differs from qemu-img's"
+        bad "$name: JSON differs from qemu-img's"
         sed 's/^/#   /' "$tmp/diff"
         sed 's/^/#   zcow: /' "$tmp/z.err" | head -10
         sed 's/^/#   qemu: /' "$tmp/q.err" | head -10
         return
     fi
-    pass "$name (exit $zrc)"
+    ok "$name (exit $zrc)"
 }
 
 # --decompress on a clean image: every compressed cluster must inflate.
 decompresses() {
     local name=$1 img=$2
     if "$ZCOW" check --decompress -q "$img" 2>"$tmp/z.err"; then
-        pass "$name: --decompress"
+        ok "$name: --decompress"
     else
-        fail "$name: --decompress failed"
+        bad "$name: --decompress failed"
         sed 's/^/#   /' "$tmp/z.err" | head -5
     fi
 }
@@ -254,7 +237,7 @@ mk() { # name, then qemu-img convert options
     n=$((n + 1))
     local img="$tmp/c$n.qcow2"
     if ! qemu-img convert -f raw -O qcow2 "$@" "$tmp/src.raw" "$img" 2>"$tmp/mk.err"; then
-        fail "cannot make $name: $(head -1 "$tmp/mk.err")"
+        bad "cannot make $name: $(head -1 "$tmp/mk.err")"
         return 1
     fi
     clean+=("$name|$img")
@@ -293,17 +276,17 @@ mk "snapshots" -c && img=${clean[-1]#*|} && {
     qemu-img snapshot -c s1 "$img" && qio -c "write -P 0x77 0 256k" "$img" &&
         qemu-img snapshot -c s2 "$img" && qio -c "write -P 0x78 128k 1M" "$img" &&
         qemu-img snapshot -c s3 "$img" && qemu-img snapshot -d s2 "$img"
-} || fail "cannot make the snapshot image"
+} || bad "cannot make the snapshot image"
 mk "snapshots, refcount_bits=2" -o refcount_bits=2,cluster_size=4k && img=${clean[-1]#*|} && {
     qemu-img snapshot -c s1 "$img" && qemu-img snapshot -c s2 "$img" &&
         qio -c "write -P 0x79 0 64k" "$img"
-} || fail "cannot make the snapshot image with 2-bit refcounts"
+} || bad "cannot make the snapshot image with 2-bit refcounts"
 
 # Persistent dirty bitmaps: directory, bitmap tables and data clusters.
 mk "bitmaps" -o cluster_size=64k && img=${clean[-1]#*|} && {
     qemu-img bitmap --add "$img" b0 && qemu-img bitmap --add -g 512 "$img" b1 &&
         qio -c "write -P 0x21 0 1M" "$img"
-} || fail "cannot make the bitmap image"
+} || bad "cannot make the bitmap image"
 
 for c in "${clean[@]}"; do
     agree "${c%%|*}" "${c#*|}" 0
@@ -322,13 +305,13 @@ damage() { # name, base image name, edit, expected exit
         [ "${c%%|*}" = "$base" ] && src=${c#*|}
     done
     if [ -z "$src" ]; then
-        fail "$name: no base image '$base'"
+        bad "$name: no base image '$base'"
         return
     fi
     local img="$tmp/damaged.qcow2"
     cp "$src" "$img"
     if ! python3 "$tmp/edit.py" "$img" "$op" 2>"$tmp/edit.err"; then
-        fail "$name: edit '$op' failed: $(tail -1 "$tmp/edit.err")"
+        bad "$name: edit '$op' failed: $(tail -1 "$tmp/edit.err")"
         return
     fi
     agree "$name" "$img" "$expect"
@@ -366,5 +349,4 @@ damage "snapshot table unaligned" "snapshots" snap_unaligned 1
 damage "leak with snapshots" "snapshots" leak 3
 damage "refcount too low with snapshots" "snapshots" low 2
 
-echo "# check-vs-qemu: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -9,31 +9,14 @@
 #
 # Exit 0 pass, 1 fail.  qemu-img and python3 are required (a missing one
 # is a failure, not a skip).
-set -u
+. "$(dirname "$0")/functions.sh"
+requires qemu-img python3
+requires_zcow
+tmp=$work
 
-ZCOW=${ZCOW:-build/zcow}
-case $ZCOW in /*) ;; *) ZCOW=$PWD/$ZCOW ;; esac
-
-for tool in qemu-img python3; do
-    if ! command -v "$tool" >/dev/null; then
-        echo "FAIL: $tool is required and not found"
-        exit 1
-    fi
-done
-if [ ! -x "$ZCOW" ]; then
-    echo "FAIL: $ZCOW is not built"
-    exit 1
-fi
-
-tmp=$(mktemp -d /var/tmp/zcow-compare.XXXXXX)
-cleanup() { rm -rf "$tmp"; }
-trap cleanup EXIT
-trap 'exit 1' INT TERM
-
-passed=0
-failed=0
-pass() { passed=$((passed + 1)); echo "ok - $*"; }
-fail() { failed=$((failed + 1)); echo "not ok - $*"; }
+# Each case prints one line, as TAP does; functions.sh counts them.
+ok() { pass; echo "ok - $*"; }
+bad() { fail "$*"; echo "not ok - $*"; }
 
 # 13 MiB of mixed data (bytes 0..2 and random ones; pokes write 0xAA etc.) (more than three 4 MiB compare blocks), with a
 # zero stretch in the middle.
@@ -69,7 +52,7 @@ head -c 5000000 "$tmp/a.raw" >"$tmp/short.raw"
 for spec in "zlib:-c" "zstd:-c -o compression_type=zstd" "plain:" "zlib4k:-c -o cluster_size=4k"; do
     # shellcheck disable=SC2086
     qemu-img convert -f raw -O qcow2 ${spec#*:} "$tmp/a.raw" "$tmp/a-${spec%%:*}.qcow2" ||
-        fail "cannot make the ${spec%%:*} qcow2 image"
+        bad "cannot make the ${spec%%:*} qcow2 image"
 done
 qemu-img convert -f raw -O qcow2 -c "$tmp/diff-late.raw" "$tmp/diff-late.qcow2"
 
@@ -84,15 +67,15 @@ same() {
     "$ZCOW" compare "$@" >"$tmp/z.out" 2>"$tmp/z.err"
     zrc=$?
     if [ "$qrc" != "$expect" ]; then
-        fail "$name: qemu-img compare exits $qrc, the case needs $expect (test broken?)"
+        bad "$name: qemu-img compare exits $qrc, the case needs $expect (test broken?)"
     elif [ "$zrc" != "$qrc" ]; then
-        fail "$name: zcow compare exits $zrc, qemu-img compare $qrc"
+        bad "$name: zcow compare exits $zrc, qemu-img compare $qrc"
         sed 's/^/#   zcow: /' "$tmp/z.out" "$tmp/z.err" | head -5
     elif ! diff -u "$tmp/q.out" "$tmp/z.out" >"$tmp/diff"; then
-        fail "$name: output differs from qemu-img's"
+        bad "$name: output differs from qemu-img's"
         sed 's/^/#   /' "$tmp/diff"
     else
-        pass "$name (exit $zrc: $(head -1 "$tmp/z.out"))"
+        ok "$name (exit $zrc: $(head -1 "$tmp/z.out"))"
     fi
 }
 
@@ -121,10 +104,9 @@ same "quiet, different" 1 -q "$tmp/a.raw" "$tmp/diff-early.raw"
 "$ZCOW" compare "$tmp/a.raw" "$tmp/missing.raw" >/dev/null 2>"$tmp/z.err"
 rc=$?
 if [ "$rc" = 2 ] && grep -q "missing.raw" "$tmp/z.err"; then
-    pass "missing file (exit 2)"
+    ok "missing file (exit 2)"
 else
-    fail "missing file: exit $rc, $(head -1 "$tmp/z.err")"
+    bad "missing file: exit $rc, $(head -1 "$tmp/z.err")"
 fi
 
-echo "# compare-basic: $passed passed, $failed failed"
-[ "$failed" = 0 ]
+finish

@@ -169,8 +169,7 @@ static void test_clean_and_straddle(void)
     CHECK(run_check(&im, 0, &res, &lines) == 0);
     CHECKF(res.corruptions == 1 && res.leaks == 0, "%llu corruptions, %llu leaks",
            (unsigned long long)res.corruptions, (unsigned long long)res.leaks);
-    CHECKF(!strcmp(lines.first, "ERROR cluster 6 refcount=1 reference=2"), "got '%s'",
-           lines.first);
+    CHECKF(!strcmp(lines.first, "ERROR cluster 6 refcount=1 reference=2"), "got '%s'", lines.first);
 
     /* One too many on the normal cluster: a leak and a COPIED error. */
     build(&im, 4, 1);
@@ -238,18 +237,18 @@ static void test_hostile(void)
         uint64_t value;
         int err;
     } cases[] = {
-        { 36, 4, 0, -EINVAL },                     /* L1 too small for the size */
-        { 36, 4, 0x800000, -EINVAL },              /* L1 too large */
-        { 40, 8, 3 * CS + 8, -EINVAL },            /* L1 unaligned */
-        { 48, 8, CS + 512, -EINVAL },              /* refcount table unaligned */
-        { 56, 4, 0xffffffff, -EINVAL },            /* refcount table too large */
-        { 60, 4, 70000, -EINVAL },                 /* too many snapshots */
-        { 64, 8, 7, -EINVAL },                     /* snapshot table unaligned */
-        { 72, 8, 1ull << 40, -ENOTSUP },           /* unknown incompatible bit */
+        { 36, 4, 0, -EINVAL },           /* L1 too small for the size */
+        { 36, 4, 0x800000, -EINVAL },    /* L1 too large */
+        { 40, 8, 3 * CS + 8, -EINVAL },  /* L1 unaligned */
+        { 48, 8, CS + 512, -EINVAL },    /* refcount table unaligned */
+        { 56, 4, 0xffffffff, -EINVAL },  /* refcount table too large */
+        { 60, 4, 70000, -EINVAL },       /* too many snapshots */
+        { 64, 8, 7, -EINVAL },           /* snapshot table unaligned */
+        { 72, 8, 1ull << 40, -ENOTSUP }, /* unknown incompatible bit */
         { 72, 8, QCOW2_INCOMPAT_DATA_FILE, -ENOTSUP },
-        { 72, 8, QCOW2_INCOMPAT_EXTL2, -EINVAL },  /* 4 KiB clusters: subclusters too small */
-        { 8, 8, 2 * CS, -EINVAL },                 /* backing file name past the header */
-        { 96, 4, 7, -EINVAL },                     /* refcount order */
+        { 72, 8, QCOW2_INCOMPAT_EXTL2, -EINVAL }, /* 4 KiB clusters: subclusters too small */
+        { 8, 8, 2 * CS, -EINVAL },                /* backing file name past the header */
+        { 96, 4, 7, -EINVAL },                    /* refcount order */
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         build(&im, 4, 1);
@@ -320,9 +319,16 @@ static void test_memory_cap(void)
         return;
     }
     struct qcow2_header h = {
-        .magic = QCOW2_MAGIC, .version = 3, .cluster_bits = 9, .size = 1 << 20,
-        .l1_size = 32, .l1_table_offset = 4096, .refcount_table_offset = 512,
-        .refcount_table_clusters = 1, .refcount_order = 4, .header_length = 112,
+        .magic = QCOW2_MAGIC,
+        .version = 3,
+        .cluster_bits = 9,
+        .size = 1 << 20,
+        .l1_size = 32,
+        .l1_table_offset = 4096,
+        .refcount_table_offset = 512,
+        .refcount_table_clusters = 1,
+        .refcount_order = 4,
+        .header_length = 112,
     };
     uint8_t hdr[512] = { 0 };
     qcow2_header_encode(&h, hdr);
@@ -364,10 +370,7 @@ static void test_zcow_written(void)
     CHECK(res.compressed_clusters == 64 && res.allocated_clusters == 64);
 }
 
-static void write_file(const char *path, const uint8_t *buf, size_t len)
-{
-    save(path, buf, len);
-}
+static void write_file(const char *path, const uint8_t *buf, size_t len) { save(path, buf, len); }
 
 static void test_compare(void)
 {
