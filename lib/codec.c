@@ -95,6 +95,11 @@ static int compress_isal(struct codec_thread *t, int level, const void *in, size
         uint8_t *b = realloc(t->isal_level_buf, need);
         if (!b)
             return -ENOMEM;
+        /* ISA-L's levels 1-3 read entries of the hash table in LEVEL_BUF
+         * that the call did not write (valgrind: "conditional jump depends
+         * on uninitialised value" in isal_deflate_stateless, 4 KiB
+         * clusters): start from defined bytes. */
+        memset(b, 0, need);
         t->isal_level_buf = b;
         t->isal_level_buf_size = need;
     }
