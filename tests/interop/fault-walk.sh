@@ -112,6 +112,7 @@ one() {
     rm -f "$dst" "$dst".zcow-tmp-*
     [ "$old" = 1 ] && cp "$work/old.qcow2" "$dst"
     total=$((total + 1))
+    rm -f "$stats" # a run that crashes writes none
     # shellcheck disable=SC2086
     ZCOW_FAULT=$op:$n:$err ZCOW_FAULT_STATS=$stats timeout -k 5 60 \
         "$ZCOW" convert -q $args "$from" "$dst" 2>"$errf" >/dev/null
