@@ -73,7 +73,9 @@ restore|raw|$src|$img|-j 2 -O raw -T writeback
 restore-4k|raw|$small|$img_small4k|-j 1 -O raw"
 
 step=${FAULT_WALK_STEP:-1}
-case $ZCOW in */build-*/zcow) step=${FAULT_WALK_STEP:-2} ;; esac
+if [ -n "${ZCOW_TEST_SANITIZER:-}" ] || [[ $ZCOW = */build-*/zcow ]]; then
+    step=${FAULT_WALK_STEP:-2}
+fi
 
 total=0 failed_clean=0 survived_hit=0 not_hit=0 dir_fsync=0
 stats=$work/stats.txt

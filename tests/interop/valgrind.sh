@@ -9,18 +9,17 @@
 #   conversions and a restore failing on injected faults (ZCOW_FAULT): the
 #   error paths free what they took too.
 #
-# Memcheck cannot run a sanitizer build: with ZCOW pointing at one (stage b
-# of tests/run.sh), the test is skipped; stage a runs it on build/zcow.
+# Memcheck cannot run a sanitizer build: under one (ZCOW_TEST_SANITIZER set
+# by tests/run.sh, or ZCOW in a build-*/ directory) the test is skipped;
+# stage a runs it on build/zcow.
 . "$(dirname "$0")/functions.sh"
 requires qemu-img cmp
 requires_zcow
 requires_optional valgrind
-case $ZCOW in
-*/build-*/zcow)
+if [ -n "${ZCOW_TEST_SANITIZER:-}" ] || [[ $ZCOW = */build-*/zcow ]]; then
     echo "$TEST_NAME: skipped: $ZCOW is a sanitizer build; memcheck runs on build/zcow" >&2
     exit 77
-    ;;
-esac
+fi
 
 vg=(valgrind -q --error-exitcode=99 --leak-check=full
     --errors-for-leak-kinds=definite,indirect --show-leak-kinds=definite,indirect
