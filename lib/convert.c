@@ -389,6 +389,9 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     const char *dst_format = o->dst_format ? o->dst_format : "qcow2";
     if (strcmp(dst_format, "qcow2") && strcmp(dst_format, "raw"))
         return zerr(EINVAL, "unknown output format '%s' (qcow2 or raw)", dst_format);
+    struct stat dst_st;
+    if (stat(o->dst, &dst_st) == 0 && S_ISDIR(dst_st.st_mode))
+        return zerr(EISDIR, "cannot write '%s': Is a directory", o->dst);
     struct zcow_convert_options oc = *o;
     int r = check_backing(&oc, dst_format);
     if (r < 0)

@@ -70,7 +70,8 @@ struct cwcache {
 
 int cw_init(struct cwcache *c, pthread_mutex_t *lock, struct blk *file, unsigned cluster_bits,
             unsigned max_clusters);
-/* Write out everything and free; returns the sticky error. */
+/* Free the cache and every buffer it holds; writes nothing (flush or
+ * close the open cluster and write its run first). */
 void cw_free(struct cwcache *c);
 
 /* Block (releasing the lock) while the cache is full.  Call before
