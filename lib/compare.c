@@ -168,7 +168,7 @@ int zcow_compare_images(zcow_image *a, zcow_image *b, int strict, uint64_t *mism
     *mismatch_offset = 0;
     if (!a || !b)
         return zerr(EINVAL, "zcow_compare_images: missing image");
-    uint64_t sa, sb;
+    uint64_t sa = 0, sb = 0;
     int r = image_size(a, &sa);
     if (r == 0)
         r = image_size(b, &sb);
