@@ -121,7 +121,7 @@ static int write_zero_clusters(struct job *j, uint64_t off, uint64_t end, uint8_
 static void skip_hole(struct job *j, uint64_t end)
 {
     uint64_t target = end / j->segment;
-    uint64_t cur = atomic_load(&j->next_segment);
+    unsigned long long cur = atomic_load(&j->next_segment);
     while (cur < target) {
         if (atomic_compare_exchange_weak(&j->next_segment, &cur, target)) {
             atomic_fetch_add(&j->done_bytes, (target - cur) * j->segment);
