@@ -422,9 +422,13 @@ if [ $CHART = 1 ] && want B && command -v gnuplot >/dev/null; then
 fi
 
 # ---------------------------------------------------------------- report
-commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git -C "$ROOT" status --porcelain -- lib cli include Makefile 2>/dev/null | wc -l)
-[ "$dirty" -gt 0 ] && commit="$commit (+ uncommitted changes in $dirty files of lib/ cli/ include/)"
+if [ -n "${ZCOW_COMMIT:-}" ]; then
+    commit=$ZCOW_COMMIT     # e.g. a binary built elsewhere from a known commit
+else
+    commit=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
+    dirty=$(git -C "$ROOT" status --porcelain -- lib cli include Makefile 2>/dev/null | wc -l)
+    [ "$dirty" -gt 0 ] && commit="$commit (+ uncommitted changes in $dirty files of lib/ cli/ include/)"
+fi
 dev=$(findmnt -no SOURCE -T "$WORK"); fstype=$(findmnt -no FSTYPE -T "$WORK")
 bdev=$(basename "$(readlink -f "$dev" 2>/dev/null || echo "$dev")")
 rot=$(cat "/sys/class/block/$bdev/queue/rotational" 2>/dev/null || echo "?")
