@@ -3,6 +3,7 @@
 #
 #   bench/run.sh [--quick] [--runs N] [--tables A,B,C,D] [--workdir DIR]
 #                [--zcow PATH] [--no-hdd] [--no-deps] [--no-chart]
+#                [--workloads W1,W2,W3] [--label NAME]
 #
 #   --quick        smoke test: 1 run, small inputs, no 8 GiB input (~5 min)
 #   --runs N       runs per figure (median), default 3 (quick: 1)
@@ -14,6 +15,8 @@
 #   --no-hdd       skip Table A's emulated-HDD target
 #   --no-deps      do not run scripts/install-deps.sh --bench
 #   --no-chart     no PNG
+#   --workloads L  Table B only on these of W1,W2,W3 (default all)
+#   --label NAME   results file DATE-HOST-NAME.md (e.g. for a partial rerun)
 # Prints the tables as Markdown on stdout and writes them to
 # bench/results/DATE-HOST.md (quick: DATE-HOST-quick.md) with a PNG chart.
 
@@ -24,7 +27,7 @@ ROOT=$(dirname "$HERE")
 . "$HERE/hdd.sh"
 . "$HERE/make-inputs.sh"
 
-QUICK=0 RUNS= TABLES=A,B,C,D HDD=1 DEPS=1 CHART=1
+QUICK=0 RUNS= TABLES=A,B,C,D HDD=1 DEPS=1 CHART=1 WLS=W1,W2,W3 LABEL=
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
 ZCOW=${ZCOW:-$ROOT/build/zcow}
@@ -43,6 +46,10 @@ while [ $# -gt 0 ]; do
         --no-hdd) HDD=0 ;;
         --no-deps) DEPS=0 ;;
         --no-chart) CHART=0 ;;
+        --workloads) WLS=${2:?}; shift ;;
+        --workloads=*) WLS=${1#*=} ;;
+        --label) LABEL=${2:?}; shift ;;
+        --label=*) LABEL=${1#*=} ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -52,6 +59,8 @@ done
 case "$RUNS" in ''|*[!0-9]*|0) echo "--runs: a positive number" >&2; exit 2 ;; esac
 TABLES=$(echo "$TABLES" | tr 'a-z' 'A-Z')
 want() { case ",$TABLES," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
+WLS=$(echo "$WLS" | tr 'a-z' 'A-Z')
+wl() { case ",$WLS," in *",$1,"*) return 0 ;; *) return 1 ;; esac; }
 
 # ---------------------------------------------------------------- sizes
 if [ $QUICK = 1 ]; then
@@ -81,6 +90,7 @@ mkdir -p "$WORK" || exit 1
 WORK=$(cd "$WORK" && pwd)
 STAMP=$(date +%Y-%m-%d)-$(hostname -s)
 [ $QUICK = 1 ] && STAMP=$STAMP-quick
+[ -n "$LABEL" ] && STAMP=$STAMP-$LABEL
 RESULTS=$HERE/results
 mkdir -p "$RESULTS"
 LOGDIR=$WORK/logs
@@ -105,7 +115,7 @@ trap 'echo "interrupted" >&2; exit 130' INT TERM
 inputs=()
 want A && inputs+=("$W1")
 want A && [ $HDD = 1 ] && inputs+=("$HW1")
-want B && inputs+=("$W1" "$W2" "$W3")
+want B && { wl W1 && inputs+=("$W1"); wl W2 && inputs+=("$W2"); wl W3 && inputs+=("$W3"); }
 want C && inputs+=("$CSMALL" "$CLARGE" "$W2")
 want D && inputs+=("$W2")
 inputs=($(printf '%s\n' "${inputs[@]}" | awk '!s[$0]++'))
@@ -286,10 +296,10 @@ chk() { "$@" && echo 1 || echo 0; }
 mul() { isnum "$1" && awk -v a="$1" -v b="$2" 'BEGIN{printf "%.4f", a * b}' || echo "$1"; }
 
 if want B; then
-    tableB_measure W1 "$W1"; tableB_measure W2 "$W2"; tableB_measure W3 "$W3"
+    for w in W1 W2 W3; do wl $w && tableB_measure $w "${!w}"; done
     rpt ""
     rpt "### Table B: zcow against qemu-img ($(qemu-img --version | head -n 1 | awk '{print $3}'))"
-    tableB_report W1 "$W1"; tableB_report W2 "$W2"; tableB_report W3 "$W3"
+    for w in W1 W2 W3; do wl $w && tableB_report $w "${!w}"; done
     rpt ""
     rpt "Medians of $RUNS run(s). CPU = user + sys. Pages: page-cache pages (4 KiB) of the source and the output left after the run (fincore)."
     if [ ${#CHECKS[@]} -gt 0 ]; then
@@ -370,23 +380,30 @@ rpt ""
 rpt "### Targets (issue 3), from this run"
 rpt ""
 if want B && [ $HAVE_ZCOW = 1 ]; then
+  if wl W1; then
     z=$(med B.W1.zlib wall); q=$(med B.W1.qnone wall); d=$(med B.W1.ddr wall)
     verdict "$(chk le "$z" "$(mul "$q" 0.1)")" "W1: zcow $(fmt_s "$z") s ≤ 1/10 of qemu-img -t none $(fmt_s "$q") s (ratio $(ratio "$z" "$q" 3))"
     verdict "$(chk le "$z" "$(mul "$d" 1.3)")" "W1: zcow $(fmt_s "$z") s ≤ 1.3 × dd read $(fmt_s "$d") s (ratio $(ratio "$z" "$d"))"
+  fi
+  if wl W2; then
     z=$(med B.W2.zlib wall); s=$(med B.W2.zstd wall); q=$(med B.W2.qnone wall)
     zo=$(med B.W2.zlib out); so=$(med B.W2.zstd out); qo=$(med B.W2.qnone out)
     verdict "$(chk le "$z" "$(mul "$q" 0.125)")" "W2: zcow zlib $(fmt_s "$z") s ≤ 1/8 of qemu-img -t none $(fmt_s "$q") s (ratio $(ratio "$z" "$q" 3))"
     verdict "$(chk le "$zo" "$(mul "$qo" 1.05)")" "W2: zcow zlib output $(fmt_mib "$zo" 1) MiB ≤ 1.05 × qemu-img's $(fmt_mib "$qo" 1) MiB (ratio $(ratio "$zo" "$qo" 3))"
     verdict "$(chk le "$s" "$(mul "$q" 0.125)")" "W2: zcow zstd $(fmt_s "$s") s ≤ 1/8 of qemu-img -t none (ratio $(ratio "$s" "$q" 3))"
     verdict "$(chk le "$so" "$qo")" "W2: zcow zstd output $(fmt_mib "$so" 1) MiB ≤ qemu-img's zlib output $(fmt_mib "$qo" 1) MiB (ratio $(ratio "$so" "$qo" 3))"
+  fi
+  if wl W3; then
     z=$(med B.W3.zlib wall); d=$(med B.W3.ddrw wall)
     verdict "$(chk le "$z" "$(mul "$d" 1.5)")" "W3: zcow $(fmt_s "$z") s ≤ 1.5 × dd read+write $(fmt_s "$d") s (ratio $(ratio "$z" "$d"))"
+  fi
     for w in W1 W2 W3; do
+        wl $w || continue
         sp=$(med B.$w.zlib src_pages); op=$(med B.$w.zlib out_pages)
         verdict "$(chk [ "$sp" = 0 -a "$op" = 0 ])" "$w: page-cache pages after zcow's default run: source $sp, output $op (target 0 and 0)"
     done
     maxrss=0
-    for w in W1 W2 W3; do r=$(med B.$w.zlib rss); isnum "$r" && [ "${r%.*}" -gt "$maxrss" ] && maxrss=${r%.*}; done
+    for w in W1 W2 W3; do wl $w || continue; r=$(med B.$w.zlib rss); isnum "$r" && [ "${r%.*}" -gt "$maxrss" ] && maxrss=${r%.*}; done
     verdict "$(chk le "$maxrss" 65536)" "peak RSS at the default settings (W1-W3): $(fmt_mib "$maxrss" 1024) MiB ≤ 64 MiB"
 fi
 if want C && [ $HAVE_ZCOW = 1 ]; then
@@ -441,7 +458,7 @@ FINAL=$RESULTS/$STAMP.md
     echo "- $(qemu-img --version | head -n 1); $(dd --version | head -n 1)"
     echo "- zcow: $ZCOW, git commit $commit"
     echo "- load average at start: $LOAD0; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine distorts the figures)"
-    echo "- command: bench/run.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --tables $TABLES$( [ $HDD = 0 ] && echo ' --no-hdd')"
+    echo "- command: bench/run.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --tables $TABLES$( [ "$WLS" != W1,W2,W3 ] && echo " --workloads $WLS")$( [ $HDD = 0 ] && echo ' --no-hdd')"
     echo "- caches dropped before each run: $( [ "$DROP_OK" = 1 ] && echo yes || echo 'NO (not root?): warm-cache figures')"
     echo "- inputs: W1 = $W1 of 0x01, W2 = $W2 raw ext4 made with mkfs.ext4 -d $W2_TREE, W3 = $W3 of random bytes; HDD: $HW1 of 0x01; C: $CSMALL, $CLARGE of 0x01"
     echo "- raw per-run figures: $(basename "$RAW")$( [ -n "$PNG" ] && echo "; chart: $(basename "$PNG")")"
