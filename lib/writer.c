@@ -728,6 +728,8 @@ int writer_write(struct writer *w, uint64_t guest_off, const void *buf, size_t l
     }
     if (r >= 0)
         r = flush_normal_run(w, &run);
+    if (r == -EEXIST) /* the caller's mistake: no data lost, not sticky */
+        return r;
     return r < 0 ? fail(w, r) : 0;
 }
 
