@@ -41,11 +41,40 @@ struct job {
     atomic_ullong done_bytes;
     atomic_ullong n_copied;
     atomic_int failed;
-    pthread_mutex_t lock;        /* guards err, msg, running */
-    pthread_cond_t cond;
+    pthread_mutex_t lock;        /* guards err, msg, running, the ring */
+    pthread_cond_t cond;         /* running changed */
     int err;
     char msg[512];
     int running;
+
+    /* Read-ahead: readers fill segments into the ring, workers take the
+     * lowest ready one; so reads overlap compression. */
+    struct segment *ring;
+    unsigned ring_size;
+    int readers_left;            /* readers not yet finished */
+    pthread_cond_t ring_cond;    /* a slot changed state */
+};
+
+enum slot_state { SLOT_FREE, SLOT_READING, SLOT_READY, SLOT_WRITING };
+
+/* A stretch of a segment, cluster aligned: data to read and write, or
+ * zeros (a hole) to skip or, over a backing file, to state. */
+struct stretch {
+    uint64_t off, end;
+    bool zero;
+};
+
+/* A segment's plan: its stretches, found once from the source's extents. */
+struct plan {
+    struct stretch *s;
+    unsigned n, cap;             /* cap: one per cluster, the worst case */
+};
+
+struct segment {
+    enum slot_state state;
+    uint64_t index;
+    uint8_t *buf;                /* the segment's bytes, aligned */
+    struct plan plan;
 };
 
 static void job_fail(struct job *j, int err)
@@ -56,6 +85,7 @@ static void job_fail(struct job *j, int err)
         strncpy(j->msg, zcow_get_error(), sizeof(j->msg) - 1);
     }
     atomic_store(&j->failed, 1);
+    pthread_cond_broadcast(&j->ring_cond);
     pthread_mutex_unlock(&j->lock);
 }
 
@@ -74,32 +104,24 @@ static int copy_compressed(struct job *j, uint64_t off, uint8_t *buf)
     return r < 0 ? r : 1;
 }
 
-/* Convert [OFF, OFF+LEN) of data (not a hole) into BUF's worth. */
-static int convert_range(struct job *j, uint64_t off, uint64_t len, uint8_t *buf, uint8_t *cbuf)
+/* Copy [OFF, OFF+LEN) cluster by cluster from a source that stores
+ * clusters compressed: those in our type go across untouched. */
+static int copy_range(struct job *j, uint64_t off, uint64_t len, uint8_t *buf, uint8_t *cbuf)
 {
-    const struct source_ops *ops = j->src->ops;
     uint64_t end = off + len;
-    if (ops->read_compressed) {
-        /* Clusters already compressed in our type go across untouched. */
-        for (uint64_t c = off; c < end; c += j->cluster_size) {
-            int r = copy_compressed(j, c, cbuf);
-            if (r < 0)
+    for (uint64_t c = off; c < end; c += j->cluster_size) {
+        int r = copy_compressed(j, c, cbuf);
+        if (r < 0)
+            return r;
+        if (r == 0) {
+            uint64_t n = end - c < j->cluster_size ? end - c : j->cluster_size;
+            size_t io = (n + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+            if ((r = j->src->ops->pread(j->src, buf, io, c)) < 0 ||
+                (r = zcow_write_cluster(j->img, c, buf, n)) < 0)
                 return r;
-            if (r == 0) {
-                uint64_t n = end - c < j->cluster_size ? end - c : j->cluster_size;
-                size_t io = (n + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
-                if ((r = ops->pread(j->src, buf, io, c)) < 0 ||
-                    (r = zcow_write_cluster(j->img, c, buf, n)) < 0)
-                    return r;
-            }
         }
-        return 0;
     }
-    size_t io = (len + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
-    int r = ops->pread(j->src, buf, io, off);
-    if (r < 0)
-        return r;
-    return zcow_write(j->img, off, buf, len);
+    return 0;
 }
 
 /* [OFF, END) reads as zero: over a backing file that must be said, with
@@ -130,12 +152,21 @@ static void skip_hole(struct job *j, uint64_t end)
     }
 }
 
-/* One segment: split into data and zero extents at cluster granularity
- * (a cluster with any data in it is data). */
-static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t *cbuf)
+static void plan_add(struct plan *p, uint64_t off, uint64_t end, bool zero)
+{
+    if (p->n && p->s[p->n - 1].zero == zero && p->s[p->n - 1].end == off)
+        p->s[p->n - 1].end = end;
+    else
+        p->s[p->n++] = (struct stretch){ off, end, zero };
+}
+
+/* Split a segment into data and zero stretches at cluster granularity (a
+ * cluster with any data in it is data). */
+static int plan_segment(struct job *j, uint64_t seg_off, struct plan *p)
 {
     uint64_t seg_end = seg_off + j->segment < j->size ? seg_off + j->segment : j->size;
     uint64_t off = seg_off;
+    p->n = 0;
     while (off < seg_end) {
         uint64_t len = seg_end - off;
         int is_zero = 0;
@@ -149,59 +180,188 @@ static int convert_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_
         }
         uint64_t end = len > seg_end - off ? seg_end : off + len;
         if (is_zero) {
-            /* Whole clusters of the hole are skipped; a partial one is data. */
-            uint64_t skip_end = end == seg_end ? end : end & ~(uint64_t)(j->cluster_size - 1);
-            if (skip_end > off) {
-                if (j->zero_clusters) {
-                    int r = write_zero_clusters(j, off, skip_end, cbuf);
-                    if (r < 0)
-                        return r;
-                }
-                off = skip_end;
+            /* Whole clusters of the hole are zero; a partial one is data. */
+            uint64_t zero_end = end == seg_end ? end : end & ~(uint64_t)(j->cluster_size - 1);
+            if (zero_end > off) {
+                plan_add(p, off, zero_end, true);
+                off = zero_end;
                 continue;
             }
             end = (off + j->cluster_size) & ~(uint64_t)(j->cluster_size - 1);
-            is_zero = 0;
         } else {
             end = (end + j->cluster_size - 1) & ~(uint64_t)(j->cluster_size - 1);
-            if (end > seg_end)
-                end = seg_end;
         }
-        int r = convert_range(j, off, end - off, buf + (off - seg_off), cbuf);
-        if (r < 0)
-            return r;
+        if (end > seg_end)
+            end = seg_end;
+        plan_add(p, off, end, false);
         off = end;
     }
     return 0;
 }
 
-static void *worker(void *arg)
+/* Read the data stretches of a planned segment into BUF. */
+static int read_segment(struct job *j, uint64_t seg_off, uint8_t *buf, const struct plan *p)
 {
-    struct job *j = arg;
-    uint8_t *buf = blk_alloc(j->segment);
-    uint8_t *cbuf = malloc(j->cluster_size);
-    if (!buf || !cbuf)
-        job_fail(j, zerr(ENOMEM, "out of memory"));
-    uint64_t n_segments = (j->size + j->segment - 1) / j->segment;
-    while (buf && cbuf && !atomic_load(&j->failed)) {
-        uint64_t s = atomic_fetch_add(&j->next_segment, 1);
-        if (s >= n_segments)
-            break;
-        uint64_t off = s * j->segment;
-        int r = convert_segment(j, off, buf, cbuf);
-        if (r < 0) {
-            job_fail(j, r);
-            break;
-        }
-        uint64_t n = j->size - off < j->segment ? j->size - off : j->segment;
-        atomic_fetch_add(&j->done_bytes, n);
+    for (unsigned i = 0; i < p->n; i++) {
+        const struct stretch *st = &p->s[i];
+        if (st->zero)
+            continue;
+        size_t io = (st->end - st->off + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+        int r = j->src->ops->pread(j->src, buf + (st->off - seg_off), io, st->off);
+        if (r < 0)
+            return r;
     }
-    free(buf);
-    free(cbuf);
+    return 0;
+}
+
+/* Write a planned segment read into BUF (or, with a source that stores
+ * clusters compressed, read and copy it cluster by cluster now). */
+static int write_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t *cbuf,
+                         const struct plan *p)
+{
+    for (unsigned i = 0; i < p->n; i++) {
+        const struct stretch *st = &p->s[i];
+        uint8_t *at = buf + (st->off - seg_off);
+        int r = 0;
+        if (st->zero)
+            r = j->zero_clusters ? write_zero_clusters(j, st->off, st->end, cbuf) : 0;
+        else if (j->src->ops->read_compressed)
+            r = copy_range(j, st->off, st->end - st->off, at, cbuf);
+        else
+            r = zcow_write(j->img, st->off, at, st->end - st->off);
+        if (r < 0)
+            return r;
+    }
+    return 0;
+}
+
+static int plan_init(struct job *j, struct plan *p)
+{
+    p->cap = j->segment / j->cluster_size + 1;
+    p->s = malloc(p->cap * sizeof(*p->s));
+    return p->s ? 0 : zerr(ENOMEM, "out of memory");
+}
+
+static uint64_t n_segments(const struct job *j) { return (j->size + j->segment - 1) / j->segment; }
+
+static uint64_t segment_bytes(const struct job *j, uint64_t index)
+{
+    uint64_t off = index * j->segment;
+    return j->size - off < j->segment ? j->size - off : j->segment;
+}
+
+static void thread_done(struct job *j)
+{
     pthread_mutex_lock(&j->lock);
     j->running--;
     pthread_cond_broadcast(&j->cond);
     pthread_mutex_unlock(&j->lock);
+}
+
+/* Sources that copy compressed clusters across read cluster by cluster:
+ * each worker reads and writes its own segments. */
+static void *direct_worker(void *arg)
+{
+    struct job *j = arg;
+    uint8_t *buf = blk_alloc(j->segment);
+    uint8_t *cbuf = malloc(j->cluster_size);
+    struct plan plan = { NULL, 0, 0 };
+    if (!buf || !cbuf || plan_init(j, &plan) < 0)
+        job_fail(j, zerr(ENOMEM, "out of memory"));
+    while (plan.s && buf && cbuf && !atomic_load(&j->failed)) {
+        uint64_t s = atomic_fetch_add(&j->next_segment, 1);
+        if (s >= n_segments(j))
+            break;
+        uint64_t off = s * j->segment;
+        int r = plan_segment(j, off, &plan);
+        if (r == 0)
+            r = write_segment(j, off, buf, cbuf, &plan);
+        if (r < 0) {
+            job_fail(j, r);
+            break;
+        }
+        atomic_fetch_add(&j->done_bytes, segment_bytes(j, s));
+    }
+    free(plan.s);
+    free(buf);
+    free(cbuf);
+    thread_done(j);
+    return NULL;
+}
+
+/* Read ahead: fill free slots with the next segments, in order. */
+static void *reader(void *arg)
+{
+    struct job *j = arg;
+    pthread_mutex_lock(&j->lock);
+    while (!atomic_load(&j->failed)) {
+        struct segment *slot = NULL;
+        for (unsigned i = 0; i < j->ring_size && !slot; i++)
+            if (j->ring[i].state == SLOT_FREE)
+                slot = &j->ring[i];
+        if (!slot) {
+            pthread_cond_wait(&j->ring_cond, &j->lock);
+            continue;
+        }
+        uint64_t s = atomic_fetch_add(&j->next_segment, 1);
+        if (s >= n_segments(j))
+            break;
+        slot->state = SLOT_READING;
+        slot->index = s;
+        pthread_mutex_unlock(&j->lock);
+        int r = plan_segment(j, s * j->segment, &slot->plan);
+        if (r == 0)
+            r = read_segment(j, s * j->segment, slot->buf, &slot->plan);
+        if (r < 0)
+            job_fail(j, r);
+        pthread_mutex_lock(&j->lock);
+        slot->state = SLOT_READY;
+        pthread_cond_broadcast(&j->ring_cond);
+    }
+    j->readers_left--;
+    pthread_cond_broadcast(&j->ring_cond);
+    pthread_mutex_unlock(&j->lock);
+    thread_done(j);
+    return NULL;
+}
+
+/* Compress and write the lowest segment read so far. */
+static void *worker(void *arg)
+{
+    struct job *j = arg;
+    uint8_t *cbuf = malloc(j->cluster_size);
+    if (!cbuf)
+        job_fail(j, zerr(ENOMEM, "out of memory"));
+    pthread_mutex_lock(&j->lock);
+    while (cbuf && !atomic_load(&j->failed)) {
+        struct segment *slot = NULL;
+        bool busy = false;
+        for (unsigned i = 0; i < j->ring_size; i++) {
+            struct segment *g = &j->ring[i];
+            busy |= g->state == SLOT_READING;
+            if (g->state == SLOT_READY && (!slot || g->index < slot->index))
+                slot = g;
+        }
+        if (!slot) {
+            if (!busy && j->readers_left == 0)
+                break;
+            pthread_cond_wait(&j->ring_cond, &j->lock);
+            continue;
+        }
+        slot->state = SLOT_WRITING;
+        pthread_mutex_unlock(&j->lock);
+        int r = write_segment(j, slot->index * j->segment, slot->buf, cbuf, &slot->plan);
+        if (r < 0)
+            job_fail(j, r);
+        else
+            atomic_fetch_add(&j->done_bytes, segment_bytes(j, slot->index));
+        pthread_mutex_lock(&j->lock);
+        slot->state = SLOT_FREE;
+        pthread_cond_broadcast(&j->ring_cond);
+    }
+    pthread_mutex_unlock(&j->lock);
+    free(cbuf);
+    thread_done(j);
     return NULL;
 }
 
@@ -236,6 +396,17 @@ int convert_threads(const struct zcow_convert_options *o)
 }
 
 #define MAX_THREADS 256
+#define MAX_READERS 4
+
+static void free_ring(struct job *j)
+{
+    for (unsigned i = 0; j->ring && i < j->ring_size; i++) {
+        free(j->ring[i].buf);
+        free(j->ring[i].plan.s);
+    }
+    free(j->ring);
+    j->ring = NULL;
+}
 
 int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
                      struct zcow_convert_stats *st)
@@ -257,24 +428,45 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
         j.segment /= 2;
     if (j.segment < j.cluster_size)
         j.segment = j.cluster_size;
+    /* Readers: a few reads in flight keep a disk busy.  Sources that copy
+     * compressed clusters across read cluster by cluster, in the workers. */
+    bool read_ahead = !src->ops->read_compressed;
+    int n_readers = read_ahead ? (n < MAX_READERS ? n : MAX_READERS) : 0;
+    if (read_ahead) {
+        j.ring_size = (unsigned)(n + n_readers);
+        j.ring = calloc(j.ring_size, sizeof(*j.ring));
+        for (unsigned i = 0; j.ring && i < j.ring_size; i++)
+            if (!(j.ring[i].buf = blk_alloc(j.segment)) || plan_init(&j, &j.ring[i].plan) < 0)
+                j.ring_size = i + 1; /* free what was made, then fail */
+        if (!j.ring || !j.ring[j.ring_size - 1].plan.s) {
+            free_ring(&j);
+            return zerr(ENOMEM, "out of memory");
+        }
+        j.readers_left = n_readers;
+    }
     int r = zcow_create(o->dst, &copts, &j.img);
-    if (r < 0)
+    if (r < 0) {
+        free_ring(&j);
         return r;
+    }
     pthread_mutex_init(&j.lock, NULL);
     pthread_cond_init(&j.cond, NULL);
+    pthread_cond_init(&j.ring_cond, NULL);
 
-    pthread_t tids[MAX_THREADS];
+    pthread_t tids[MAX_THREADS + MAX_READERS];
     int started = 0;
-    for (; started < n; started++) {
+    for (; started < n + n_readers; started++) {
+        void *(*fn)(void *) = !read_ahead ? direct_worker : started < n_readers ? reader : worker;
         pthread_mutex_lock(&j.lock);
         j.running++;
         pthread_mutex_unlock(&j.lock);
-        if (pthread_create(&tids[started], NULL, worker, &j) != 0) {
+        if (pthread_create(&tids[started], NULL, fn, &j) != 0) {
             pthread_mutex_lock(&j.lock);
             j.running--;
+            if (fn == reader) /* never started: the workers must not wait for it */
+                j.readers_left -= n_readers - started;
             pthread_mutex_unlock(&j.lock);
-            if (started == 0)
-                job_fail(&j, zerr(EAGAIN, "cannot start a worker thread"));
+            job_fail(&j, zerr(EAGAIN, "cannot start a thread"));
             break;
         }
     }
@@ -298,6 +490,8 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
         o->progress(o->progress_opaque, j.size, j.size);
     pthread_mutex_destroy(&j.lock);
     pthread_cond_destroy(&j.cond);
+    pthread_cond_destroy(&j.ring_cond);
+    free_ring(&j);
     return r;
 }
 
