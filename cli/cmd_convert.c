@@ -84,9 +84,12 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     fflush(stderr);
 }
 
-/* -o cluster_size=N,compression_type=T */
-static int parse_o(char *arg, struct zcow_create_options *c)
+/* -o cluster_size=N,compression_type=T (parsed in a copy: argv stays as
+ * it was, for ps) */
+static int parse_o(const char *optarg_text, struct zcow_create_options *c)
 {
+    char arg[1024];
+    snprintf(arg, sizeof(arg), "%s", optarg_text);
     for (char *save = NULL, *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
         char *v = strchr(kv, '=');
         if (!v) {

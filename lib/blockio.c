@@ -173,27 +173,6 @@ int blk_create(struct blk *b, const char *path, bool direct, bool drop_pages, bo
     return 0;
 }
 
-int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
-{
-    const char *p = buf;
-    while (len > 0) {
-        ssize_t n = fault_pwrite(b->fd, p, len, (off_t)off);
-        if (n < 0) {
-            if (errno == EINTR)
-                continue;
-            return zerr_sys(errno, "cannot write to '%s' at offset %llu", b->path,
-                            (unsigned long long)off);
-        }
-        if (n == 0)
-            return zerr(EIO, "cannot write to '%s' at offset %llu: no progress", b->path,
-                        (unsigned long long)off);
-        p += n;
-        len -= (size_t)n;
-        off += (uint64_t)n;
-    }
-    return 0;
-}
-
 int blk_pwritev(struct blk *b, struct iovec *iov, int iovcnt, uint64_t off)
 {
     while (iovcnt > 0) {
@@ -220,6 +199,12 @@ int blk_pwritev(struct blk *b, struct iovec *iov, int iovcnt, uint64_t off)
         }
     }
     return 0;
+}
+
+int blk_pwrite(struct blk *b, const void *buf, size_t len, uint64_t off)
+{
+    struct iovec v = { (void *)buf, len };
+    return blk_pwritev(b, &v, 1, off);
 }
 
 int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)

@@ -1120,6 +1120,8 @@ static int finalize(struct writer *w)
     }
     qcow2_header_encode(&h, hbuf);
     r = blk_pwrite(&w->file, hbuf, w->cluster_size, 0);
+    if (r == 0)
+        blk_drop_range(&w->file, 0, w->cluster_size);
     free(hbuf);
     return r;
 }
