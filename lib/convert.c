@@ -41,10 +41,9 @@ struct job {
     atomic_ullong done_bytes;
     atomic_ullong n_copied;
     atomic_int failed;
-    pthread_mutex_t lock;        /* guards err, msg, running, the ring */
+    pthread_mutex_t lock;        /* guards first, running, the ring */
     pthread_cond_t cond;         /* running changed */
-    int err;
-    char msg[512];
+    struct zerr_first first;     /* the first worker's failure */
     int running;
 
     /* Read-ahead: readers fill segments into the ring, workers take the
@@ -80,10 +79,7 @@ struct segment {
 static void job_fail(struct job *j, int err)
 {
     pthread_mutex_lock(&j->lock);
-    if (!j->err) {
-        j->err = err;
-        strncpy(j->msg, zcow_get_error(), sizeof(j->msg) - 1);
-    }
+    zerr_keep(&j->first, err);
     atomic_store(&j->failed, 1);
     pthread_cond_broadcast(&j->ring_cond);
     pthread_mutex_unlock(&j->lock);
@@ -474,9 +470,9 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
 
-    if (j.err) {
+    if (j.first.err) {
         zcow_abort(j.img);
-        r = zerr(-j.err, "%s", j.msg);
+        r = zerr_kept(&j.first);
     } else {
         struct zcow_info info;
         zcow_get_info(j.img, &info);

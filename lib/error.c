@@ -35,6 +35,21 @@ int zerr_sys(int err, const char *fmt, ...)
     return r;
 }
 
+void zerr_keep(struct zerr_first *f, int err)
+{
+    if (err && !f->err) {
+        f->err = err;
+        snprintf(f->msg, sizeof(f->msg), "%s", message);
+    }
+}
+
+int zerr_kept(const struct zerr_first *f)
+{
+    if (f->err)
+        zerr(-f->err, "%s", f->msg);
+    return f->err;
+}
+
 int zerr_is_set(void) { return message[0] != 0; }
 void zerr_clear(void) { message[0] = 0; }
 

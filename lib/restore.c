@@ -35,20 +35,15 @@ struct restore {
     atomic_uint_fast64_t next;  /* next chunk to take */
     atomic_uint_fast64_t done;  /* bytes finished */
     atomic_int failed;
-    pthread_mutex_t lock;       /* guards err, msg and progress calls */
-    int err;
-    char msg[512];
+    pthread_mutex_t lock;       /* guards first and progress calls */
+    struct zerr_first first;    /* the first worker's failure */
     uint64_t reported;
 };
 
 static void fail(struct restore *j, int err)
 {
     pthread_mutex_lock(&j->lock);
-    if (!j->err) {
-        j->err = err;
-        /* The message is per thread: keep it for the caller's thread. */
-        strncpy(j->msg, zcow_get_error(), sizeof(j->msg) - 1);
-    }
+    zerr_keep(&j->first, err);
     atomic_store(&j->failed, 1);
     pthread_mutex_unlock(&j->lock);
 }
@@ -226,8 +221,8 @@ int convert_to_raw(const struct zcow_convert_options *o, struct source *src,
         worker(j); /* no thread to spare: do it here */
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
-    if (j->err) {
-        e = zerr(-j->err, "%s", j->msg);
+    if (j->first.err) {
+        e = zerr_kept(&j->first);
         goto out_close;
     }
 
