@@ -25,7 +25,13 @@ struct codec_thread {
     int zdef_level; /* -1: not initialised */
     ZSTD_CCtx *zstd_c;
     ZSTD_DCtx *zstd_d;
+    z_stream zinf;          /* for codec_stream_length(), zlib type */
+    bool zinf_ready;
+    uint8_t *scratch;       /* its discarded output */
 };
+
+/* codec_stream_length() inflates through this much scratch. */
+#define SCRATCH_OUT (32u << 10)
 
 static pthread_key_t thread_key;
 static pthread_once_t key_once = PTHREAD_ONCE_INIT;
@@ -41,6 +47,9 @@ static void codec_thread_free(void *p)
         deflateEnd(&t->zdef);
     ZSTD_freeCCtx(t->zstd_c);
     ZSTD_freeDCtx(t->zstd_d);
+    if (t->zinf_ready)
+        inflateEnd(&t->zinf);
+    free(t->scratch);
     free(t);
 }
 
@@ -247,4 +256,73 @@ int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t 
     if (type == ZCOW_COMPRESSION_ZLIB)
         return decompress_deflate(t, in, in_len, out, out_len);
     return -EINVAL;
+}
+
+/* Raw deflate with QEMU's 4 KiB window (zlib enforces it, ISA-L would
+ * not): a stream that needs a larger one is refused, as QEMU refuses it. */
+static size_t deflate_length(struct codec_thread *t, const uint8_t *in, size_t in_len,
+                             size_t out_len)
+{
+    if (!t->zinf_ready) {
+        memset(&t->zinf, 0, sizeof(t->zinf));
+        if (inflateInit2(&t->zinf, -DEFLATE_WINDOW_BITS) != Z_OK)
+            return 0;
+        t->zinf_ready = true;
+    } else if (inflateReset(&t->zinf) != Z_OK) {
+        return 0;
+    }
+    t->zinf.next_in = (Bytef *)in;
+    t->zinf.avail_in = (uInt)in_len;
+    size_t total = 0;
+    for (;;) {
+        t->zinf.next_out = t->scratch;
+        t->zinf.avail_out = SCRATCH_OUT;
+        int r = inflate(&t->zinf, Z_NO_FLUSH);
+        total += SCRATCH_OUT - t->zinf.avail_out;
+        if (total > out_len)
+            return 0;
+        if (r == Z_STREAM_END)
+            break;
+        if (r != Z_OK)
+            return 0; /* bad data, or the input ends inside the stream */
+    }
+    return total == out_len ? in_len - t->zinf.avail_in : 0;
+}
+
+/* zstd frames, one after another, until exactly OUT_LEN bytes are out and
+ * the last frame is complete. */
+static size_t zstd_length(struct codec_thread *t, const uint8_t *in, size_t in_len,
+                          size_t out_len)
+{
+    if (!t->zstd_d && !(t->zstd_d = ZSTD_createDCtx()))
+        return 0;
+    ZSTD_DCtx_reset(t->zstd_d, ZSTD_reset_session_only);
+    ZSTD_inBuffer ib = { in, in_len, 0 };
+    size_t total = 0;
+    for (;;) {
+        ZSTD_outBuffer ob = { t->scratch, SCRATCH_OUT, 0 };
+        size_t before = ib.pos;
+        size_t r = ZSTD_decompressStream(t->zstd_d, &ob, &ib);
+        if (ZSTD_isError(r))
+            return 0;
+        total += ob.pos;
+        if (total > out_len)
+            return 0;
+        if (r == 0 && total == out_len)
+            return ib.pos;
+        if (ib.pos == before && ob.pos == 0)
+            return 0; /* the input ends inside a frame */
+    }
+}
+
+size_t codec_stream_length(int type, const void *in, size_t in_len, size_t out_len)
+{
+    struct codec_thread *t = thread_ctx();
+    if (!t || (!t->scratch && !(t->scratch = malloc(SCRATCH_OUT))))
+        return 0;
+    if (type == ZCOW_COMPRESSION_ZLIB)
+        return deflate_length(t, in, in_len, out_len);
+    if (type == ZCOW_COMPRESSION_ZSTD)
+        return zstd_length(t, in, in_len, out_len);
+    return 0;
 }

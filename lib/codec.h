@@ -45,6 +45,12 @@ int codec_compress(int type, int level, const void *in, size_t in_len,
  * ends before OUT_LEN bytes. */
 int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t out_len);
 
+/* The exact byte count of the stream at IN (IN_LEN bytes, possibly
+ * followed by unrelated bytes: qcow2 records whole sectors) that decodes
+ * to exactly OUT_LEN bytes; 0 if there is no such stream.  Lets a
+ * compressed cluster be copied into a new image without recompression. */
+size_t codec_stream_length(int type, const void *in, size_t in_len, size_t out_len);
+
 /* Compression with zlib itself (windowBits -12), whatever the level: the
  * reference the fast path is tested against. */
 int codec_compress_zlib_reference(int level, const void *in, size_t in_len,

@@ -91,7 +91,7 @@ static int copy_compressed(struct job *j, uint64_t off, uint8_t *buf)
 {
     const struct zcow_create_options *c = &j->o->create;
     int n = j->src->ops->read_compressed(j->src, off, c->compression_type, j->cluster_size, buf,
-                                         j->cluster_size);
+                                         CHUNK_BUF_BYTES(j->cluster_size));
     if (n <= 0)
         return n;
     int r = zcow_write_compressed(j->img, off, buf, (size_t)n);
@@ -260,7 +260,7 @@ static void *direct_worker(void *arg)
 {
     struct job *j = arg;
     uint8_t *buf = blk_alloc(j->segment);
-    uint8_t *cbuf = malloc(j->cluster_size);
+    uint8_t *cbuf = malloc(CHUNK_BUF_BYTES(j->cluster_size));
     struct plan plan = { NULL, 0, 0 };
     if (!buf || !cbuf || plan_init(j, &plan) < 0)
         job_fail(j, zerr(ENOMEM, "out of memory"));
@@ -325,7 +325,7 @@ static void *reader(void *arg)
 static void *worker(void *arg)
 {
     struct job *j = arg;
-    uint8_t *cbuf = malloc(j->cluster_size);
+    uint8_t *cbuf = malloc(CHUNK_BUF_BYTES(j->cluster_size));
     if (!cbuf)
         job_fail(j, zerr(ENOMEM, "out of memory"));
     pthread_mutex_lock(&j->lock);

@@ -25,13 +25,18 @@ struct source_ops {
     int (*extent)(struct source *s, uint64_t off, uint64_t *len, int *is_zero);
     /* For sources whose clusters are stored compressed (qcow2): if the
      * cluster at OFF is compressed with TYPE in CLUSTER_SIZE clusters, read
-     * its stored bytes into BUF (CAP bytes) and return their count; return
-     * 0 when it is not, so the caller reads and compresses it.  NULL means
-     * never. */
+     * its stream into BUF (CAP bytes: room for the whole sectors qcow2
+     * records, CHUNK_BUF_BYTES) and return the stream's exact length;
+     * return 0 when it is not, so the caller reads and compresses it.
+     * NULL means never. */
     int (*read_compressed)(struct source *s, uint64_t off, int type, uint32_t cluster_size,
                            void *buf, size_t cap);
     void (*close)(struct source *s);
 };
+
+/* A compressed cluster's descriptor counts whole sectors, up to twice the
+ * cluster size (cluster_bits - 8 bits of sectors); one more for the first. */
+#define CHUNK_BUF_BYTES(cluster_size) (2 * (size_t)(cluster_size) + 512)
 
 struct source {
     const struct source_ops *ops;
