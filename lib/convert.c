@@ -148,6 +148,18 @@ static void skip_hole(struct job *j, uint64_t end)
     }
 }
 
+/* The segment before AT ends in a hole: if the hole goes on past AT, let
+ * every worker skip the segments wholly inside it. */
+static int skip_beyond(struct job *j, uint64_t at)
+{
+    uint64_t len;
+    int is_zero;
+    int r = j->src->ops->extent(j->src, at, j->size - at, &len, &is_zero);
+    if (r == 0 && is_zero && len >= j->segment)
+        skip_hole(j, at + len);
+    return r;
+}
+
 static void plan_add(struct plan *p, uint64_t off, uint64_t end, bool zero)
 {
     if (p->n && p->s[p->n - 1].zero == zero && p->s[p->n - 1].end == off)
@@ -167,12 +179,15 @@ static int plan_segment(struct job *j, uint64_t seg_off, struct plan *p)
         uint64_t len = seg_end - off;
         int is_zero = 0;
         if (j->src->ops->extent) {
-            int r = j->src->ops->extent(j->src, off, &len, &is_zero);
+            int r = j->src->ops->extent(j->src, off, len, &len, &is_zero);
             if (r < 0)
                 return r;
-            /* (Not over a backing file: there the zeros are written.) */
-            if (is_zero && len > seg_end - off && !j->zero_clusters)
-                skip_hole(j, len > j->size - off ? j->size : off + len);
+            /* A hole to the segment's end may go on: the segments wholly
+             * inside it are skipped.  (Not over a backing file: there the
+             * zeros are written.) */
+            if (is_zero && off + len == seg_end && seg_end < j->size && !j->zero_clusters &&
+                (r = skip_beyond(j, seg_end)) < 0)
+                return r;
         }
         uint64_t end = len > seg_end - off ? seg_end : off + len;
         if (is_zero) {

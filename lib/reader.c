@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -76,6 +77,7 @@ struct reader {
     struct l2slot *slots;
     unsigned nslots;
     uint64_t tick;
+    atomic_ullong l2_lookups; /* table walks, for tests that count work */
 };
 
 /* One stretch of guest bytes inside one cluster that reads alike. */
@@ -166,68 +168,6 @@ static void decode_l2(const struct reader *r, const uint8_t *table, uint64_t i, 
     }
 }
 
-/* Look for the table at OFF; copy entry I out.  Called with the lock. */
-static bool cache_lookup(struct reader *r, uint64_t off, uint64_t i, uint64_t *entry,
-                         uint64_t *bitmap)
-{
-    for (unsigned s = 0; s < r->nslots; s++) {
-        if (r->slots[s].offset == off) {
-            r->slots[s].used = ++r->tick;
-            decode_l2(r, r->slots[s].data, i, entry, bitmap);
-            return true;
-        }
-    }
-    return false;
-}
-
-/* The L2 entry (and subcluster bitmap) of guest cluster CI. */
-static int l2_entry(struct reader *r, uint64_t ci, uint64_t *entry, uint64_t *bitmap)
-{
-    *entry = *bitmap = 0;
-    uint64_t l1i = ci >> r->l2_bits;
-    uint64_t i = ci & ((1ull << r->l2_bits) - 1);
-    if (l1i >= r->l1_size)
-        return 0;
-    uint64_t off = r->l1[l1i] & QCOW2_OFFSET_MASK;
-    if (!off)
-        return 0;
-
-    pthread_mutex_lock(&r->lock);
-    bool hit = cache_lookup(r, off, i, entry, bitmap);
-    pthread_mutex_unlock(&r->lock);
-    if (hit)
-        return 0;
-
-    /* Read without the lock; another thread may load the same table at the
-     * same time, and the second one to finish drops its copy. */
-    int e = check_table(r, off, r->cluster_size, "l2 table");
-    if (e < 0)
-        return e;
-    uint8_t *data = blk_alloc(r->cluster_size);
-    if (!data)
-        return zerr(ENOMEM, "out of memory");
-    e = host_read(r, data, r->cluster_size, off);
-    if (e < 0) {
-        free(data);
-        return e;
-    }
-    pthread_mutex_lock(&r->lock);
-    if (cache_lookup(r, off, i, entry, bitmap)) {
-        pthread_mutex_unlock(&r->lock);
-        free(data);
-        return 0;
-    }
-    unsigned victim = 0;
-    for (unsigned s = 1; s < r->nslots; s++)
-        if (r->slots[s].used < r->slots[victim].used)
-            victim = s;
-    free(r->slots[victim].data);
-    r->slots[victim] = (struct l2slot){ .offset = off, .used = ++r->tick, .data = data };
-    decode_l2(r, data, i, entry, bitmap);
-    pthread_mutex_unlock(&r->lock);
-    return 0;
-}
-
 /* Classify an L2 entry, or one subcluster of it (SC) with extended L2. */
 static int entry_kind(const struct reader *r, uint64_t entry, uint64_t bitmap, unsigned sc)
 {
@@ -245,53 +185,210 @@ static int entry_kind(const struct reader *r, uint64_t entry, uint64_t bitmap, u
     return (entry & QCOW2_OFFSET_MASK) ? ZCOW_CLUSTER_NORMAL : ZCOW_CLUSTER_UNALLOCATED;
 }
 
-/* Map guest bytes [OFF, OFF+MAX) of a qcow2 image: the longest stretch
- * from OFF, inside one cluster, that reads alike. */
-static int map_qcow2(struct reader *r, uint64_t off, uint64_t max, struct mapping *m)
+/* The stretch of cluster I of TABLE, from byte IN of it, that reads alike
+ * (up to the cluster's end, or a subcluster of another kind). */
+static void map_piece(const struct reader *r, const uint8_t *table, uint64_t i, uint64_t in,
+                      struct mapping *p)
 {
-    uint64_t cs = r->cluster_size;
+    uint64_t entry, bitmap, end = r->cluster_size;
+    decode_l2(r, table, i, &entry, &bitmap);
+    memset(p, 0, sizeof(*p));
+    p->entry = entry;
+    if (r->ext_l2 && !(entry & QCOW2_OFLAG_COMPRESSED)) {
+        uint64_t scs = r->cluster_size / SUBCLUSTERS;
+        unsigned sc = (unsigned)(in / scs);
+        p->kind = entry_kind(r, entry, bitmap, sc);
+        unsigned last = sc + 1;
+        while (last < SUBCLUSTERS && entry_kind(r, entry, bitmap, last) == p->kind)
+            last++;
+        end = last * scs;
+    } else {
+        p->kind = entry_kind(r, entry, 0, 0);
+    }
+    p->len = end - in;
+    if (p->kind == ZCOW_CLUSTER_NORMAL)
+        p->host = (entry & QCOW2_OFFSET_MASK) + in;
+}
+
+/* A normal stretch whose host offset no valid image has. */
+static bool piece_corrupt(const struct reader *r, const struct mapping *p)
+{
+    uint64_t host = p->entry & QCOW2_OFFSET_MASK;
+    return p->kind == ZCOW_CLUSTER_NORMAL && (!host || (host & (r->cluster_size - 1)));
+}
+
+/* Data, zero or unallocated: all a walk through the chain asks. */
+static int kind_class(int kind)
+{
+    return kind == ZCOW_CLUSTER_COMPRESSED ? ZCOW_CLUSTER_NORMAL : kind;
+}
+
+/* A walk over one L2 table: from entry I, byte IN of its cluster, at most
+ * MAX bytes, the longest run that reads alike.  Exact runs (for reads)
+ * are one kind, normal ones contiguous on the host, compressed ones one
+ * cluster each; class runs (for extents) only tell data from zero from
+ * unallocated.  ENTRY and BITMAP: the first entry as stored. */
+struct walk {
+    uint64_t i, in, max;
+    bool by_class;
+    struct mapping m;
+    uint64_t entry, bitmap;
+    bool corrupt; /* the first stretch is (then it is alone) */
+};
+
+/* Entries looked at per walk: bounds the time the cache lock is held and
+ * what a later call looks at again. */
+#define WALK_MAX_ENTRIES 4096
+
+static bool joins(const struct reader *r, const struct walk *w, const struct mapping *p)
+{
+    if (piece_corrupt(r, p))
+        return false;
+    if (w->by_class)
+        return kind_class(p->kind) == kind_class(w->m.kind);
+    if (p->kind != w->m.kind || p->kind == ZCOW_CLUSTER_COMPRESSED)
+        return false;
+    return p->kind != ZCOW_CLUSTER_NORMAL || p->host == w->m.host + w->m.len;
+}
+
+/* Called with the cache lock held: TABLE may be evicted once it is
+ * dropped. */
+static void walk_table(const struct reader *r, const uint8_t *table, struct walk *w)
+{
+    uint64_t entries = 1ull << r->l2_bits;
+    decode_l2(r, table, w->i, &w->entry, &w->bitmap);
+    map_piece(r, table, w->i, w->in, &w->m);
+    uint64_t i = w->i, in = w->in + w->m.len;
+    w->corrupt = piece_corrupt(r, &w->m);
+    bool alone = w->corrupt || (!w->by_class && w->m.kind == ZCOW_CLUSTER_COMPRESSED);
+    for (unsigned looked = 1; !alone && w->m.len < w->max && looked < WALK_MAX_ENTRIES;) {
+        if (in == r->cluster_size) {
+            if (++i == entries)
+                break;
+            in = 0;
+            looked++;
+        }
+        struct mapping p;
+        map_piece(r, table, i, in, &p);
+        if (!joins(r, w, &p))
+            break;
+        w->m.len += p.len;
+        in += p.len;
+    }
+    if (w->by_class)
+        w->m.kind = kind_class(w->m.kind);
+    if (w->m.len > w->max)
+        w->m.len = w->max;
+}
+
+/* The cached table at host offset OFF, or NULL.  Called with the lock. */
+static const uint8_t *cache_find(struct reader *r, uint64_t off)
+{
+    for (unsigned s = 0; s < r->nslots; s++) {
+        if (r->slots[s].offset == off) {
+            r->slots[s].used = ++r->tick;
+            return r->slots[s].data;
+        }
+    }
+    return NULL;
+}
+
+/* Walk the L2 table at host offset OFF, reading it into the cache first
+ * if it is not there. */
+static int l2_walk(struct reader *r, uint64_t off, struct walk *w)
+{
+    atomic_fetch_add_explicit(&r->l2_lookups, 1, memory_order_relaxed);
+    pthread_mutex_lock(&r->lock);
+    const uint8_t *table = cache_find(r, off);
+    if (table)
+        walk_table(r, table, w);
+    pthread_mutex_unlock(&r->lock);
+    if (table)
+        return 0;
+
+    /* Read without the lock; another thread may load the same table at the
+     * same time, and the second one to finish drops its copy. */
+    int e = check_table(r, off, r->cluster_size, "l2 table");
+    if (e < 0)
+        return e;
+    uint8_t *data = blk_alloc(r->cluster_size);
+    if (!data)
+        return zerr(ENOMEM, "out of memory");
+    if ((e = host_read(r, data, r->cluster_size, off)) < 0) {
+        free(data);
+        return e;
+    }
+    pthread_mutex_lock(&r->lock);
+    if ((table = cache_find(r, off)) != NULL) {
+        free(data);
+    } else {
+        unsigned victim = 0;
+        for (unsigned s = 1; s < r->nslots; s++)
+            if (r->slots[s].used < r->slots[victim].used)
+                victim = s;
+        free(r->slots[victim].data);
+        r->slots[victim] = (struct l2slot){ .offset = off, .used = ++r->tick, .data = data };
+        table = data;
+    }
+    walk_table(r, table, w);
+    pthread_mutex_unlock(&r->lock);
+    return 0;
+}
+
+/* Map guest bytes [OFF, OFF+MAX) of a qcow2 image: the longest run from
+ * OFF that reads alike, exact or by class (struct walk).  A run stays
+ * inside one L2 table, so it costs at most one table lookup. */
+static int map_run(struct reader *r, uint64_t off, uint64_t max, bool by_class, struct mapping *m)
+{
     uint64_t ci = off >> r->cluster_bits;
-    uint64_t in = off & (cs - 1);
-    memset(m, 0, sizeof(*m));
     uint64_t l1i = ci >> r->l2_bits;
+    memset(m, 0, sizeof(*m));
     if (l1i >= r->l1_size || !(r->l1[l1i] & QCOW2_OFFSET_MASK)) {
-        /* No L2 table: the whole range it would map is unallocated. */
-        uint64_t span = cs << r->l2_bits;
+        /* No L2 table: the whole range it would map is unallocated, and so
+         * are those of the next L1 entries without one. */
+        uint64_t span = (uint64_t)r->cluster_size << r->l2_bits;
         uint64_t left = span - (off & (span - 1));
+        for (uint64_t i = l1i + 1; left < max && i < l1i + WALK_MAX_ENTRIES; i++) {
+            if (i < r->l1_size && (r->l1[i] & QCOW2_OFFSET_MASK))
+                break;
+            left += span;
+        }
         m->kind = ZCOW_CLUSTER_UNALLOCATED;
         m->len = left < max ? left : max;
         return 0;
     }
-    uint64_t entry, bitmap;
-    int e = l2_entry(r, ci, &entry, &bitmap);
+    struct walk w = {
+        .i = ci & ((1ull << r->l2_bits) - 1),
+        .in = off & (r->cluster_size - 1),
+        .max = max,
+        .by_class = by_class,
+    };
+    int e = l2_walk(r, r->l1[l1i] & QCOW2_OFFSET_MASK, &w);
     if (e < 0)
         return e;
-    uint64_t end = cs;
-    if (r->ext_l2 && !(entry & QCOW2_OFLAG_COMPRESSED)) {
-        uint64_t scs = cs / SUBCLUSTERS;
-        unsigned sc = (unsigned)(in / scs);
-        m->kind = entry_kind(r, entry, bitmap, sc);
-        unsigned last = sc + 1;
-        while (last < SUBCLUSTERS && entry_kind(r, entry, bitmap, last) == m->kind)
-            last++;
-        end = last * scs;
-    } else {
-        m->kind = entry_kind(r, entry, 0, 0);
-    }
-    if (m->kind == ZCOW_CLUSTER_NORMAL) {
-        uint64_t host = entry & QCOW2_OFFSET_MASK;
-        if (!host)
+    if (w.corrupt) {
+        if (!(w.m.entry & QCOW2_OFFSET_MASK))
             return corrupt(r, "subcluster allocated in an unallocated cluster (guest offset %#llx)",
                            (unsigned long long)off);
-        if (host & (cs - 1))
-            return corrupt(r, "data cluster offset %#llx is not cluster aligned",
-                           (unsigned long long)host);
-        m->host = host + in;
-    } else if (m->kind == ZCOW_CLUSTER_COMPRESSED) {
-        m->entry = entry;
+        return corrupt(r, "data cluster offset %#llx is not cluster aligned",
+                       (unsigned long long)(w.m.entry & QCOW2_OFFSET_MASK));
     }
-    m->len = end - in < max ? end - in : max;
+    *m = w.m;
     return 0;
+}
+
+/* The L2 entry (and subcluster bitmap) of guest cluster CI. */
+static int l2_entry(struct reader *r, uint64_t ci, uint64_t *entry, uint64_t *bitmap)
+{
+    *entry = *bitmap = 0;
+    uint64_t l1i = ci >> r->l2_bits;
+    if (l1i >= r->l1_size || !(r->l1[l1i] & QCOW2_OFFSET_MASK))
+        return 0;
+    struct walk w = { .i = ci & ((1ull << r->l2_bits) - 1), .max = 1 };
+    int e = l2_walk(r, r->l1[l1i] & QCOW2_OFFSET_MASK, &w);
+    *entry = w.entry;
+    *bitmap = w.bitmap;
+    return e;
 }
 
 /* Compressed clusters that follow one another in the guest mostly lie
@@ -338,7 +435,7 @@ static int read_compressed_run(struct reader *r, uint64_t off, uint64_t n, uint8
     uint64_t start = run[0].coff, end = run[0].coff + run[0].clen;
     while (done < n && count < RUN_MAX_CLUSTERS) {
         struct mapping m;
-        if ((e = map_qcow2(r, off + done, n - done, &m)) < 0)
+        if ((e = map_run(r, off + done, n - done, false, &m)) < 0)
             return e;
         if (m.kind != ZCOW_CLUSTER_COMPRESSED)
             break;
@@ -409,7 +506,7 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
             continue;
         }
         struct mapping m;
-        if ((e = map_qcow2(r, off, n, &m)) < 0)
+        if ((e = map_run(r, off, n, false, &m)) < 0)
             break;
         switch (m.kind) {
         case ZCOW_CLUSTER_UNALLOCATED:
@@ -422,18 +519,7 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
             memset(p, 0, m.len);
             break;
         case ZCOW_CLUSTER_NORMAL:
-            /* Merge the clusters that follow contiguously on the host into
-             * one read. */
-            while (m.len < n) {
-                struct mapping next;
-                if ((e = map_qcow2(r, off + m.len, n - m.len, &next)) < 0)
-                    break;
-                if (next.kind != ZCOW_CLUSTER_NORMAL || next.host != m.host + m.len)
-                    break;
-                m.len += next.len;
-            }
-            if (e >= 0)
-                e = host_read(r, p, m.len, m.host);
+            e = host_read(r, p, m.len, m.host);
             break;
         case ZCOW_CLUSTER_COMPRESSED:
             e = read_compressed_run(r, off, n, p, &m, &cluster);
@@ -447,16 +533,21 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
     return e < 0 ? e : 0;
 }
 
-/* From OFF, how many bytes read alike, as data or as zero.  Consults the
- * backing chain for unallocated stretches. */
-int reader_extent(struct reader *r, uint64_t off, uint64_t *len, int *is_zero)
+/* From OFF, how many bytes (at most MAX) read alike, as data or as zero.
+ * An unallocated run asks the backing file about that run only, so each
+ * image of the chain looks at no more than the images above it leave to
+ * it: the cost is the runs returned and the L2 tables read, at every
+ * depth. */
+int reader_extent(struct reader *r, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
 {
+    if (max == 0)
+        max = 1;
     if (off >= r->size) {
-        *len = UINT64_MAX - off;
+        *len = max;
         *is_zero = 1;
         return 0;
     }
-    uint64_t limit = r->size - off;
+    uint64_t limit = r->size - off < max ? r->size - off : max;
     if (!r->qcow2) {
         /* A sparse raw file reports its holes. */
         *is_zero = 0;
@@ -480,36 +571,36 @@ int reader_extent(struct reader *r, uint64_t off, uint64_t *len, int *is_zero)
             *len = (uint64_t)h - off;
         return 0;
     }
-    /* Walk at most this far per call (callers loop anyway), so that a
-     * call costs little even with small clusters. */
-    uint64_t max = limit < (64ull << 20) ? limit : (64ull << 20);
     uint64_t done = 0;
     int zero = -1;
     while (done < max) {
-        struct mapping m;
-        int e = map_qcow2(r, off + done, max - done, &m);
-        if (e < 0)
-            return e;
         int z;
-        uint64_t n = m.len;
-        if (m.kind == ZCOW_CLUSTER_ZERO || (m.kind == ZCOW_CLUSTER_UNALLOCATED && !r->backing)) {
+        uint64_t n, run;
+        if (off + done >= r->size) {
+            /* Past the end of a backing file shorter than its overlay. */
             z = 1;
-        } else if (m.kind == ZCOW_CLUSTER_UNALLOCATED) {
-            uint64_t bl;
-            e = reader_extent(r->backing, off + done, &bl, &z);
+            n = run = max - done;
+        } else {
+            uint64_t want =
+                r->size - (off + done) < max - done ? r->size - (off + done) : max - done;
+            struct mapping m;
+            int e = map_run(r, off + done, want, true, &m);
             if (e < 0)
                 return e;
-            if (bl < n)
-                n = bl;
-        } else {
-            z = 0;
+            n = run = m.len;
+            if (m.kind == ZCOW_CLUSTER_UNALLOCATED && r->backing) {
+                if ((e = reader_extent(r->backing, off + done, run, &n, &z)) < 0)
+                    return e;
+            } else {
+                z = m.kind != ZCOW_CLUSTER_NORMAL;
+            }
         }
         if (zero >= 0 && z != zero)
             break;
         zero = z;
         done += n;
-        if (n < m.len)
-            break; /* the backing file changes here */
+        if (n < run)
+            break; /* the backing file changes inside the run */
     }
     *len = done;
     *is_zero = zero;
@@ -577,6 +668,37 @@ int reader_read_compressed(struct reader *r, const struct zcow_cluster_info *inf
     return e < 0 ? e : (int)len;
 }
 
+/* The image of the chain that holds [OFF, OFF+LEN): the first one in
+ * which the stretch is not wholly unallocated (NULL when none is). */
+int reader_layer_of(struct reader *r, uint64_t off, uint64_t len, struct reader **layer)
+{
+    for (*layer = r; *layer; *layer = (*layer)->backing) {
+        struct reader *l = *layer;
+        if (off >= l->size) {
+            *layer = NULL; /* past the end of a shorter backing file: zeros */
+            return 0;
+        }
+        if (!l->qcow2 || len > l->size - off)
+            return 0;
+        struct mapping m;
+        int e = map_run(l, off, len, true, &m);
+        if (e < 0)
+            return e;
+        if (m.kind != ZCOW_CLUSTER_UNALLOCATED || m.len < len)
+            return 0;
+    }
+    return 0;
+}
+
+uint64_t reader_l2_lookups(const struct reader *r)
+{
+    uint64_t n = 0;
+    for (; r; r = r->backing)
+        n += atomic_load(&r->l2_lookups);
+    return n;
+}
+
+struct reader *reader_backing(struct reader *r) { return r->backing; }
 uint64_t reader_size(const struct reader *r) { return r->size; }
 uint32_t reader_cluster_size(const struct reader *r) { return r->qcow2 ? r->cluster_size : 0; }
 int reader_compression_type(const struct reader *r) { return r->h.compression_type; }

@@ -19,9 +19,19 @@ int reader_get_info(struct reader *r, struct zcow_info *info);
 void reader_close(struct reader *r);
 
 /* For the qcow2 source (source_qcow2.c).  reader_extent: from OFFSET, how
- * many bytes (*LEN) read alike, as data (*IS_ZERO = 0) or as zero (1),
- * looking through the backing chain; past the virtual size all is zero. */
-int reader_extent(struct reader *r, uint64_t offset, uint64_t *len, int *is_zero);
+ * many bytes (*LEN, at most MAX) read alike, as data (*IS_ZERO = 0) or as
+ * zero (1), looking through the backing chain; past the virtual size all
+ * is zero.  It costs the runs it returns and the L2 tables it reads, in
+ * each image of the chain.
+ * reader_layer_of: the image of the chain (R or a backing file) whose
+ * data [OFFSET, OFFSET+LEN) reads, or NULL where no image holds it; a
+ * stretch only partly allocated in an image (or raw) gives that image. */
+int reader_extent(struct reader *r, uint64_t offset, uint64_t max, uint64_t *len, int *is_zero);
+int reader_layer_of(struct reader *r, uint64_t offset, uint64_t len, struct reader **layer);
+/* L2 table lookups made so far by R and its backing files (tests count
+ * them to prove a walk's cost). */
+uint64_t reader_l2_lookups(const struct reader *r);
+struct reader *reader_backing(struct reader *r); /* NULL at the chain's end */
 uint64_t reader_size(const struct reader *r);
 uint32_t reader_cluster_size(const struct reader *r); /* 0 for raw */
 int reader_compression_type(const struct reader *r);

@@ -130,7 +130,7 @@ static int restore_chunk(struct restore *j, uint64_t off, uint8_t *buf)
     if (ops->extent) {
         uint64_t elen;
         int zero;
-        int e = ops->extent(j->src, off, &elen, &zero);
+        int e = ops->extent(j->src, off, len, &elen, &zero);
         if (e < 0)
             return e;
         if (zero && elen >= len) {

@@ -19,10 +19,11 @@ struct source_ops {
      * aligned, except that OFF+LEN may pass the end of the source: the
      * bytes past the end read as zero.  Required. */
     int (*pread)(struct source *s, void *buf, size_t len, uint64_t off);
-    /* From OFF, how many bytes (*LEN, at least 1) are alike: all data
-     * (*IS_ZERO = 0) or known to read as zero (*IS_ZERO = 1).  NULL means
+    /* From OFF, how many bytes (*LEN, at least 1, at most MAX) are alike:
+     * all data (*IS_ZERO = 0) or known to read as zero (*IS_ZERO = 1).
+     * MAX bounds the work: a call looks no further than it.  NULL means
      * everything is data. */
-    int (*extent)(struct source *s, uint64_t off, uint64_t *len, int *is_zero);
+    int (*extent)(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero);
     /* For sources whose clusters are stored compressed (qcow2): if the
      * cluster at OFF is compressed with TYPE in CLUSTER_SIZE clusters, read
      * its stream into BUF (CAP bytes: room for the whole sectors qcow2

@@ -495,16 +495,16 @@ static int nbd_src_pread(struct source *s, void *buf, size_t len, uint64_t off)
     return e;
 }
 
-static int nbd_src_extent(struct source *s, uint64_t off, uint64_t *len, int *is_zero)
+static int nbd_src_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
 {
     struct nbd_src *ns = s->priv;
     if (off >= ns->size) {
-        *len = UINT64_MAX - off;
+        *len = max;
         *is_zero = 1;
         return 0;
     }
     if (!ns->base_alloc && !ns->bitmap_ctx) {
-        *len = ns->size - off;
+        *len = ns->size - off < max ? ns->size - off : max;
         *is_zero = 0;
         return 0;
     }
@@ -528,6 +528,8 @@ static int nbd_src_extent(struct source *s, uint64_t off, uint64_t *len, int *is
         *is_zero = (r->flags & LIBNBD_STATE_ZERO) != 0;
     }
     *len = (r->end < bc->end ? r->end : bc->end) - off;
+    if (*len > max)
+        *len = max;
     return 0;
 }
 

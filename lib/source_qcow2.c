@@ -2,7 +2,8 @@
  * source, on top of the reader.
  *
  * Compressed clusters can go across untouched when the output uses the
- * same compression type and cluster size.  qcow2 records a compressed
+ * same compression type and cluster size, from whichever image of the
+ * chain holds them.  qcow2 records a compressed
  * stream in whole 512-byte sectors, so the stored bytes may end with the
  * start of the next stream; copying those would make the new image's
  * descriptor claim bytes that are not ours.  So the exact end of the
@@ -24,21 +25,26 @@ static int q_pread(struct source *s, void *buf, size_t len, uint64_t off)
     return reader_read(s->priv, off, buf, len);
 }
 
-static int q_extent(struct source *s, uint64_t off, uint64_t *len, int *is_zero)
+static int q_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
 {
-    return reader_extent(s->priv, off, len, is_zero);
+    return reader_extent(s->priv, off, max, len, is_zero);
 }
 
 static int q_read_compressed(struct source *s, uint64_t off, int type, uint32_t cluster_size,
                              void *buf, size_t cap)
 {
-    struct reader *r = s->priv;
-    if (reader_cluster_size(r) != cluster_size || reader_compression_type(r) != type ||
-        (off & (cluster_size - 1)) || off >= s->size)
+    if ((off & (cluster_size - 1)) || off >= s->size)
+        return 0;
+    /* Flattening a chain: the cluster is copied from the image that holds
+     * it, whichever of the chain that is. */
+    struct reader *r;
+    int e = reader_layer_of(s->priv, off, cluster_size, &r);
+    if (e < 0)
+        return e;
+    if (!r || reader_cluster_size(r) != cluster_size || reader_compression_type(r) != type)
         return 0;
     struct zcow_cluster_info ci;
-    int e = reader_cluster_info(r, off, &ci);
-    if (e < 0)
+    if ((e = reader_cluster_info(r, off, &ci)) < 0)
         return e;
     /* Whole sectors do not fit: a descriptor no writer makes; recompress. */
     if (ci.kind != ZCOW_CLUSTER_COMPRESSED || ci.compressed_len > cap)

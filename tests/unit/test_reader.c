@@ -326,7 +326,7 @@ static void test_kinds(unsigned cb, int ctype, bool ext, int version, bool direc
         while (off < size) {
             uint64_t len;
             int zero;
-            if (s->ops->extent(s, off, &len, &zero) < 0 || len == 0) {
+            if (s->ops->extent(s, off, size - off, &len, &zero) < 0 || len == 0) {
                 CHECKF(0, "%s: extent at %llu failed", what, (unsigned long long)off);
                 break;
             }
