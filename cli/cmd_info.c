@@ -8,9 +8,6 @@
 #include "commands.h"
 #include "zcow.h"
 
-/* A backing chain longer than this is refused by zcow_open already. */
-#define MAX_CHAIN 65
-
 static void usage(FILE *f)
 {
     fprintf(f, "usage: zcow info [-f FORMAT] [--output=human|json] [--backing-chain] IMAGE\n"
@@ -149,26 +146,13 @@ static void print_human(const char *name, const struct zcow_info *in)
         printf("dirty flag: true\n");
 }
 
-/* Open NAME and describe it; *NEXT gets the resolved backing name and
- * *NEXT_FMT its format (malloc'ed, NULL at the chain's end). */
-static int describe(const char *name, const char *format, int json, int first, int in_array,
-                    char **next, char **next_fmt)
+/* Describe IMG, known to the user as NAME. */
+static int describe(zcow_image *img, const char *name, int json, int first, int in_array)
 {
-    *next = *next_fmt = NULL;
-    zcow_image *img;
-    if (zcow_open(name, format, 0, &img) < 0) {
-        const char *msg = zcow_get_error();
-        if (*msg)
-            die_msg("%s", msg);
-        else
-            die_msg("cannot open '%s'", name);
-        return -1;
-    }
     struct zcow_info info;
     memset(&info, 0, sizeof(info));
     if (zcow_get_info(img, &info) < 0) {
         die_msg("%s", zcow_get_error());
-        zcow_close(img);
         return -1;
     }
     if (json) {
@@ -182,12 +166,6 @@ static int describe(const char *name, const char *format, int json, int first, i
             printf("\n");
         print_human(name, &info);
     }
-    if (info.backing_file) {
-        *next = strdup(info.backing_path ? info.backing_path : info.backing_file);
-        if (info.backing_format)
-            *next_fmt = strdup(info.backing_format);
-    }
-    zcow_close(img);
     return 0;
 }
 
@@ -233,27 +211,35 @@ int cmd_info(int argc, char **argv)
         return 1;
     }
 
-    char *name = strdup(argv[optind]);
-    char *fmt = format ? strdup(format) : NULL;
+    /* The chain is opened once, with the top image; each image below is
+     * named as the one above resolves it. */
+    zcow_image *top;
+    if (zcow_open(argv[optind], format, 0, &top) < 0) {
+        const char *msg = zcow_get_error();
+        if (*msg)
+            die_msg("%s", msg);
+        else
+            die_msg("cannot open '%s'", argv[optind]);
+        return 1;
+    }
     int rc = 0;
-    for (int i = 0; name && i < MAX_CHAIN; i++) {
-        char *next, *next_fmt;
-        if (describe(name, fmt, json, i == 0, chain, &next, &next_fmt) < 0) {
+    const char *name = argv[optind];
+    zcow_image *img = top;
+    for (int i = 0; img; i++) {
+        if (describe(img, name, json, i == 0, chain) < 0) {
             rc = 1;
             break;
         }
-        free(name);
-        free(fmt);
-        name = chain ? next : NULL;
-        fmt = chain ? next_fmt : NULL;
-        if (!chain) {
-            free(next);
-            free(next_fmt);
-        }
+        if (!chain)
+            break;
+        struct zcow_info info;
+        if (zcow_get_info(img, &info) < 0)
+            break;
+        name = info.backing_path ? info.backing_path : info.backing_file;
+        img = zcow_get_backing(img);
     }
-    free(name);
-    free(fmt);
     if (json && chain && rc == 0)
         printf("\n]\n");
+    zcow_close(top);
     return rc;
 }

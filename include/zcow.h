@@ -124,6 +124,12 @@ ZCOW_API const char *zcow_get_error(void);
 ZCOW_API int zcow_open(const char *path, const char *format, int direct,
                        zcow_image **out);
 
+/* The backing file of an image opened with zcow_open(), already open as
+ * part of IMG's chain; NULL when it has none (or IMG is being written).
+ * The handle belongs to IMG: it lives until zcow_close(IMG), and closing
+ * it does nothing. */
+ZCOW_API zcow_image *zcow_get_backing(zcow_image *img);
+
 enum zcow_cluster_kind {
     ZCOW_CLUSTER_UNALLOCATED = 0, /* reads from the backing file, or zero */
     ZCOW_CLUSTER_ZERO = 1,        /* reads as zero */

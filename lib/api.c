@@ -59,6 +59,30 @@ int zcow_open(const char *path, const char *format, int direct, zcow_image **out
     return 0;
 }
 
+zcow_image *zcow_get_backing(zcow_image *img)
+{
+    if (!img || !img->r || img->backing)
+        return img ? img->backing : NULL;
+    struct reader *b = reader_backing(img->r);
+    if (!b || !(img->backing = new_handle()))
+        return NULL;
+    img->backing->r = b;
+    img->backing->borrowed = 1;
+    return img->backing;
+}
+
+/* Free the handles zcow_get_backing() made under IMG (their readers
+ * belong to IMG's chain). */
+static void free_backing_handles(zcow_image *img)
+{
+    while (img) {
+        zcow_image *next = img->backing;
+        if (img->borrowed)
+            free(img);
+        img = next;
+    }
+}
+
 static int not_writable(void) { return zerr(EBADF, "image is open read-only"); }
 static int not_readable(void) { return zerr(ENOTSUP, "not supported on an image being written"); }
 
@@ -109,24 +133,24 @@ int zcow_get_info(zcow_image *img, struct zcow_info *info)
 
 int zcow_close(zcow_image *img)
 {
-    if (!img)
+    if (!img || img->borrowed)
         return 0;
     int r = 0;
     if (img->w)
         r = writer_close(img->w);
-    else
-        reader_close(img->r);
+    free_backing_handles(img->backing);
+    reader_close(img->r);
     free(img);
     return r;
 }
 
 void zcow_abort(zcow_image *img)
 {
-    if (!img)
+    if (!img || img->borrowed)
         return;
     if (img->w)
         writer_abort(img->w);
-    else
-        reader_close(img->r);
+    free_backing_handles(img->backing);
+    reader_close(img->r);
     free(img);
 }

@@ -11,6 +11,10 @@ struct reader;
 struct zcow_image {
     struct writer *w; /* exactly one of the two is set */
     struct reader *r;
+    /* zcow_get_backing(): a handle on R's backing file, made on first use
+     * and freed with this one; BORROWED marks such a handle. */
+    struct zcow_image *backing;
+    int borrowed;
 };
 
 #endif

@@ -210,6 +210,30 @@ static void walk_chain(int depth)
     reader_close(r);
 }
 
+/* zcow_get_backing() hands out the chain opened with the top image. */
+static void public_chain(int depth)
+{
+    char top[256];
+    layer_path(top, sizeof(top), depth - 1);
+    zcow_image *img;
+    int e = zcow_open(top, NULL, 0, &img);
+    CHECKF(e == 0, "open %s: %s", top, zcow_get_error());
+    if (e < 0)
+        return;
+    int n = 0;
+    for (zcow_image *l = img; l; l = zcow_get_backing(l)) {
+        struct zcow_info info;
+        CHECK(zcow_get_info(l, &info) == 0);
+        CHECKF(zcow_get_backing(l) == zcow_get_backing(l), "depth %d: image %d", depth, n);
+        CHECK((info.backing_file != NULL) == (n < depth - 1));
+        if (n > 0)
+            CHECK(zcow_close(l) == 0); /* borrowed: does nothing */
+        n++;
+    }
+    CHECKF(n == depth, "depth %d: the chain has %d images", depth, n);
+    CHECK(zcow_close(img) == 0);
+}
+
 int main(void)
 {
     unit_init("test_chain");
@@ -226,6 +250,7 @@ int main(void)
         for (; made < depths[d]; made++)
             write_layer(made, sizes[made % (sizeof(sizes) / sizeof(sizes[0]))]);
         walk_chain(depths[d]);
+        public_chain(depths[d]);
     }
     for (int k = 0; k < made; k++) {
         char path[256];
