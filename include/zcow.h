@@ -179,6 +179,23 @@ ZCOW_API int zcow_get_info(zcow_image *img, struct zcow_info *info);
 
 /* ---- Conversion --------------------------------------------------------- */
 
+/* TLS for an NBD source: nbds:// and nbds+unix:// only, where TLS is
+ * required and never falls back to plaintext (with nbd:// any of these is
+ * -EINVAL).  NULL leaves a setting to the URI and libnbd's defaults.  The
+ * URI's own values win over these: libnbd applies them on connecting,
+ * after these are set (tls-certificates=DIR, tls-psk-file=FILE, the NAME
+ * of nbds://NAME@HOST/..., then tls-username=NAME). */
+struct zcow_nbd_tls {
+    /* X.509: a directory holding ca-cert.pem, and client-cert.pem and
+     * client-key.pem for servers that check clients; NULL: libnbd's
+     * default directories. */
+    const char *certificates;
+    /* Pre-shared keys instead of X.509: a file of USERNAME:HEXKEY lines. */
+    const char *psk_file;
+    /* The PSK user name; NULL: the user running zcow. */
+    const char *username;
+};
+
 struct zcow_convert_options {
     const char *src;              /* file, block device or qcow2 image */
     const char *src_format;       /* "raw", "qcow2", NULL to probe */
@@ -199,6 +216,9 @@ struct zcow_convert_options {
                                      partly dirty, whole), the clean ones
                                      are left to the backing file, which
                                      create.backing_file must name */
+    /* Added after 0.1 for NBD over TLS (all NULL after
+       zcow_convert_options_init): */
+    struct zcow_nbd_tls nbd_tls;
 };
 
 struct zcow_convert_stats {
@@ -215,7 +235,10 @@ ZCOW_API void zcow_convert_options_init(struct zcow_convert_options *opts);
  * temporary file beside DST and renamed over DST only after it is complete
  * and on disk; on failure DST is untouched and the temporary file removed.
  * SRC may be an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?
- * socket=PATH, nbds://, nbds+unix://), read through libnbd.
+ * socket=PATH, nbds://, nbds+unix://), read through libnbd; for TLS see
+ * struct zcow_nbd_tls.  A connection that fails (no server, an untrusted
+ * certificate, a wrong key, TLS refused or required by the server) fails
+ * the conversion before DST is created, naming the URI and the cause.
  * With create.backing_file, the name is stored as given and must open
  * (relative to DST's directory), else -ENOENT or the open's error;
  * create.backing_format NULL probes it; zero stretches of the source are

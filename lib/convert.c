@@ -605,8 +605,16 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct source *src;
-    if (o->bitmap)
-        r = source_nbd_open(o->src, o->bitmap, &src);
+    /* A dirty bitmap and TLS settings are for NBD sources (read as raw). */
+    const struct zcow_nbd_tls *tls = &o->nbd_tls;
+    bool nbd_only = o->bitmap || tls->certificates || tls->psk_file || tls->username;
+    if (nbd_only && !source_is_nbd(o->src))
+        return zerr(EINVAL, "'%s': TLS settings need an NBD source (nbds://, nbds+unix://)",
+                    o->src);
+    if (nbd_only && o->src_format && strcmp(o->src_format, "raw"))
+        return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", o->src, o->src_format);
+    if (nbd_only)
+        r = source_nbd_open(o->src, o->bitmap, tls, &src);
     else
         r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
     if (r < 0)

@@ -40,7 +40,7 @@ int source_open(const char *name, const char *format, bool direct, struct source
         /* The export is read as raw bytes: QEMU exports its guest view. */
         if (format && strcmp(format, "raw"))
             return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", name, format);
-        return source_nbd_open(name, NULL, out);
+        return source_nbd_open(name, NULL, NULL, out);
     }
     if (!format) {
         int r = probe(name, &format);

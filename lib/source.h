@@ -62,8 +62,12 @@ int source_qcow2_open(const char *name, bool direct, struct source **out);
  * as is_zero = 1 and the dirty ones as data: a conversion skips the clean
  * stretches, leaving them to the new image's backing file.  Errors:
  * -ENOENT when the server does not export the bitmap; connection errors
- * name the URI and libnbd's cause. */
+ * name the URI and libnbd's cause.  TLS (may be NULL) is set on each
+ * connection before the URI, whose own TLS values then win; -EINVAL when
+ * it, or a tls* parameter of the URI, comes with a URI without TLS. */
+struct zcow_nbd_tls;
 bool source_is_nbd(const char *name);
-int source_nbd_open(const char *uri, const char *bitmap, struct source **out);
+int source_nbd_open(const char *uri, const char *bitmap, const struct zcow_nbd_tls *tls,
+                    struct source **out);
 
 #endif

@@ -18,17 +18,30 @@
  *
  * Block status answers are kept per thread (each worker walks its own
  * segment), for BS_SPAN bytes from the offset asked about: one round trip
- * answers the extent and pread calls of a whole segment. */
+ * answers the extent and pread calls of a whole segment.
+ *
+ * TLS: the nbds schemes make libnbd require it (LIBNBD_TLS_REQUIRE: a
+ * server that refuses TLS is an error, never a plaintext connection), and
+ * every connection is checked to have negotiated it.  The URI may name
+ * files (tls-certificates, tls-psk-file): a URI the user gives is the
+ * user's to trust, as nbdinfo and nbdcopy take it.  The caller's settings
+ * are made before nbd_aio_connect_uri(), which applies the URI's own over
+ * them; tls-username=NAME, which libnbd (1.14) does not read, is read here
+ * and set the same way, below the NAME@ of the URI. */
 #include <errno.h>
 #include <libnbd.h>
 #include <pthread.h>
+#include <pwd.h>
 #include <stdbool.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "source.h"
+#include "zcow.h"
 
 /* Connections when the server allows multi-conn: enough for the workers
  * of a large machine; nbdcopy uses 4. */
@@ -98,6 +111,11 @@ struct nbd_src {
     struct nbd_handle *pending; /* a connection on its way, or NULL */
     struct timespec pending_t0;
     struct bs_cache *caches;
+
+    /* TLS: an nbds scheme (TLS required), and the settings made on each
+     * handle before the URI (NULL: none). */
+    bool tls;
+    char *tls_certificates, *tls_psk_file, *tls_username;
 };
 
 /* ---- connections ---------------------------------------------------------- */
@@ -130,6 +148,119 @@ static int nbd_errno(int fallback)
     return e > 0 ? e : fallback;
 }
 
+/* Why this thread's connection failed: nbd_msg(), with the failures of
+ * TLS said plainly and GnuTLS's own words after them, without the name of
+ * the GnuTLS call and the handshake state ("gnutls_handshake: Error in
+ * the certificate verification. (15/1)" -> "...: Error in the
+ * certificate verification").  In BUF (CAP bytes). */
+#define REFUSED                                                                                    \
+    "the server broke off TLS: it refused the credentials (the client certificate, the PSK "       \
+    "user name or key, or X.509 where it expects PSK or the reverse)"
+static const char *connect_cause(char *buf, size_t cap)
+{
+    static const struct {
+        const char *match, *cause;
+    } known[] = {
+        { "server requires TLS", "the server requires TLS (nbds:// or nbds+unix://)" },
+        { "server refused TLS", "the server does not offer TLS, which this URI requires" },
+        { "certificate verification",
+          "the server's certificate is not trusted (not signed by the CA of ca-cert.pem, or "
+          "not for this host name)" },
+        { "non-properly terminated", REFUSED },
+        { "Error in the push function", REFUSED },
+        { "Error in the pull function", REFUSED },
+    };
+    const char *m = nbd_msg();
+    for (size_t i = 0; i < sizeof(known) / sizeof(known[0]); i++) {
+        if (!strstr(m, known[i].match))
+            continue;
+        if (strncmp(m, "gnutls_", 7)) {
+            snprintf(buf, cap, "%s", known[i].cause);
+            return buf;
+        }
+        /* "gnutls_CALL: TEXT. (IN/OUT)" -> "TEXT" */
+        const char *t = strstr(m, ": ");
+        t = t ? t + 2 : m;
+        size_t n = strlen(t);
+        const char *paren = strrchr(t, '(');
+        if (paren && paren > t && paren[-1] == ' ' && strchr(paren, '/') && t[n - 1] == ')')
+            n = (size_t)(paren - 1 - t);
+        if (n && t[n - 1] == '.')
+            n--;
+        snprintf(buf, cap, "%s: %.*s", known[i].cause, (int)n, t);
+        return buf;
+    }
+    snprintf(buf, cap, "%s", m);
+    return buf;
+}
+
+/* Fail connecting: "cannot connect to 'URI': CAUSE". */
+static int connect_error(const struct nbd_src *ns, int fallback)
+{
+    char cause[400];
+    return zerr(nbd_errno(fallback), "cannot connect to '%s': %s", ns->uri,
+                connect_cause(cause, sizeof(cause)));
+}
+
+/* ---- the URI's query ------------------------------------------------------ */
+
+static int hexval(int c)
+{
+    return c >= '0' && c <= '9'   ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                  : -1;
+}
+
+/* S[0..N) with %XX decoded, as a new string (NULL: out of memory). */
+static char *pct_decode(const char *s, size_t n)
+{
+    char *d = malloc(n + 1), *p = d;
+    if (!d)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
+            *p++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+            i += 2;
+        } else {
+            *p++ = s[i];
+        }
+    }
+    *p = 0;
+    return d;
+}
+
+/* Walk the query of URI (after '?', up to '#'; NAME=VALUE pairs split at
+ * '&' and ';', as libnbd splits them).  For each pair from *POS on, the
+ * decoded name and value as new strings (*VALUE "" when there is no '=');
+ * returns 1, 0 at the end, -ENOMEM. */
+static int query_next(const char *uri, size_t *pos, char **name, char **value)
+{
+    const char *q = strchr(uri, '?');
+    if (!q)
+        return 0;
+    q++;
+    size_t qlen = strcspn(q, "#");
+    while (*pos < qlen) {
+        const char *p = q + *pos;
+        size_t n = strcspn(p, "&;#");
+        *pos += n + 1;
+        if (n == 0)
+            continue;
+        const char *eq = memchr(p, '=', n);
+        size_t nlen = eq ? (size_t)(eq - p) : n;
+        *name = pct_decode(p, nlen);
+        *value = eq ? pct_decode(eq + 1, n - nlen - 1) : strdup("");
+        if (!*name || !*value) {
+            free(*name);
+            free(*value);
+            return -ENOMEM;
+        }
+        return 1;
+    }
+    return 0;
+}
+
 /* Start a connection to the URI with the meta contexts; *T0 is when. */
 static int connect_start(struct nbd_src *ns, struct nbd_handle **out, struct timespec *t0)
 {
@@ -139,14 +270,18 @@ static int connect_start(struct nbd_src *ns, struct nbd_handle **out, struct tim
         return zerr(ENOMEM, "'%s': %s", ns->uri, nbd_msg());
     int e = 0;
     if (nbd_add_meta_context(h, LIBNBD_CONTEXT_BASE_ALLOCATION) < 0 ||
-        (ns->bitmap_ctx && nbd_add_meta_context(h, ns->bitmap_ctx) < 0)) {
+        (ns->bitmap_ctx && nbd_add_meta_context(h, ns->bitmap_ctx) < 0) ||
+        nbd_set_uri_allow_local_file(h, true) < 0 ||
+        (ns->tls_certificates && nbd_set_tls_certificates(h, ns->tls_certificates) < 0) ||
+        (ns->tls_psk_file && nbd_set_tls_psk_file(h, ns->tls_psk_file) < 0) ||
+        (ns->tls_username && nbd_set_tls_username(h, ns->tls_username) < 0)) {
         e = zerr(nbd_errno(EINVAL), "'%s': %s", ns->uri, nbd_msg());
     } else if (!nbd_supports_uri(h)) {
         e = zerr(ENOTSUP, "'%s': this libnbd cannot connect to NBD URIs", ns->uri);
     } else {
         clock_gettime(CLOCK_MONOTONIC, t0);
         if (nbd_aio_connect_uri(h, ns->uri) < 0)
-            e = zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri, nbd_msg());
+            e = connect_error(ns, ECONNREFUSED);
     }
     if (e < 0) {
         nbd_close(h);
@@ -166,7 +301,7 @@ static int connect_step(struct nbd_src *ns, struct nbd_handle *h, const struct t
     clock_gettime(CLOCK_MONOTONIC, &s0);
     while (!nbd_aio_is_ready(h)) {
         if (nbd_aio_is_dead(h) || nbd_aio_is_closed(h))
-            return zerr(ECONNREFUSED, "cannot connect to '%s': %s", ns->uri, nbd_msg());
+            return connect_error(ns, ECONNREFUSED);
         long left = timeout_ms - elapsed_ms(t0);
         if (left <= 0)
             return zerr(ETIMEDOUT, "cannot connect to '%s': no answer from the server in %ld s",
@@ -177,8 +312,13 @@ static int connect_step(struct nbd_src *ns, struct nbd_handle *h, const struct t
         if (slice > left)
             slice = left;
         if (nbd_poll(h, (int)(slice < 1000 ? slice : 1000)) < 0)
-            return zerr(nbd_errno(ECONNREFUSED), "cannot connect to '%s': %s", ns->uri, nbd_msg());
+            return connect_error(ns, ECONNREFUSED);
     }
+    /* libnbd requires TLS for these schemes; this keeps it so whatever
+     * the URI may say in a later libnbd. */
+    if (ns->tls && nbd_get_tls_negotiated(h) != 1)
+        return zerr(EPROTO, "cannot connect to '%s': the connection is not encrypted (no TLS)",
+                    ns->uri);
     return 1;
 }
 
@@ -554,6 +694,9 @@ static void nbd_src_close(struct source *s)
     pthread_cond_destroy(&ns->freed);
     free(ns->uri);
     free(ns->bitmap_ctx);
+    free(ns->tls_certificates);
+    free(ns->tls_psk_file);
+    free(ns->tls_username);
     free(ns);
     free(s->name);
     free(s);
@@ -567,6 +710,108 @@ static const struct source_ops nbd_ops = {
     .close = nbd_src_close,
 };
 
+/* Is DIR/ca-cert.pem readable (errno set when not)? */
+static bool has_ca_cert(const char *dir)
+{
+    char path[4096];
+    if (snprintf(path, sizeof(path), "%s/ca-cert.pem", dir) >= (int)sizeof(path)) {
+        errno = ENAMETOOLONG;
+        return false;
+    }
+    return access(path, R_OK) == 0;
+}
+
+/* Does one of the directories libnbd reads when given none hold a CA
+ * certificate (lib/crypto.c: /etc/pki/libnbd for root, else
+ * ~/.pki/libnbd, then ~/.config/pki/libnbd)? */
+static bool default_certs(void)
+{
+    const char *home = getenv("HOME");
+    char dir[4096];
+    if (geteuid() == 0 || !home)
+        return geteuid() == 0 && has_ca_cert("/etc/pki/libnbd");
+    snprintf(dir, sizeof(dir), "%s/.pki/libnbd", home);
+    if (has_ca_cert(dir))
+        return true;
+    snprintf(dir, sizeof(dir), "%s/.config/pki/libnbd", home);
+    return has_ca_cert(dir);
+}
+
+/* NS's TLS settings: TLS's (may be NULL) and the URI's tls-username; none
+ * of them, and no tls* parameter, in a URI without TLS.  The settings in
+ * effect are checked where libnbd would go on quietly:
+ * - a certificates directory without ca-cert.pem, or none at all where
+ *   libnbd's default directories have none, makes libnbd (1.14) use the
+ *   system's CAs without checking the server's certificate against them,
+ *   and send no client certificate: refused;
+ * - PSK without a user name makes libnbd ask getlogin_r(), which fails
+ *   without a terminal: the user running zcow is the default instead. */
+static int tls_setup(struct nbd_src *ns, const struct zcow_nbd_tls *tls)
+{
+    static const struct zcow_nbd_tls none = { 0 };
+    if (!tls)
+        tls = &none;
+    if (!ns->tls && (tls->certificates || tls->psk_file || tls->username))
+        return zerr(EINVAL, "'%s': TLS settings need a URI with TLS (nbds:// or nbds+unix://)",
+                    ns->uri);
+    if ((tls->certificates && !(ns->tls_certificates = strdup(tls->certificates))) ||
+        (tls->psk_file && !(ns->tls_psk_file = strdup(tls->psk_file))) ||
+        (tls->username && !(ns->tls_username = strdup(tls->username))))
+        return zerr(ENOMEM, "out of memory");
+    char *name, *value, *uri_certs = NULL;
+    bool uri_psk = false;
+    size_t pos = 0;
+    int r = 0, e = 0;
+    while (e == 0 && (r = query_next(ns->uri, &pos, &name, &value)) > 0) {
+        if (!ns->tls && !strncmp(name, "tls", 3)) {
+            e = zerr(EINVAL, "'%s': parameter '%s' needs a URI with TLS (nbds:// or nbds+unix://)",
+                     ns->uri, name);
+        } else if (!strcmp(name, "tls-username")) {
+            free(ns->tls_username);
+            ns->tls_username = value;
+            value = NULL;
+        } else if (!strcmp(name, "tls-certificates")) {
+            free(uri_certs);
+            uri_certs = value;
+            value = NULL;
+        } else if (!strcmp(name, "tls-psk-file")) {
+            uri_psk = true;
+        }
+        free(name);
+        free(value);
+    }
+    if (e == 0 && r < 0)
+        e = zerr(ENOMEM, "out of memory");
+    const char *dir = uri_certs ? uri_certs : ns->tls_certificates;
+    bool psk = uri_psk || ns->tls_psk_file;
+    if (e < 0 || !ns->tls) {
+        /* nothing more to check */
+    } else if (!psk && dir && !has_ca_cert(dir)) {
+        e = zerr_sys(errno,
+                     "cannot connect to '%s': TLS certificates directory '%s' has no "
+                     "readable ca-cert.pem",
+                     ns->uri, dir);
+    } else if (!psk && !dir && !default_certs()) {
+        e = zerr(EINVAL,
+                 "cannot connect to '%s': no TLS certificates to check the server's "
+                 "with: give a directory holding ca-cert.pem (libnbd's default, %s, "
+                 "has none) or a PSK file",
+                 ns->uri, geteuid() == 0 ? "/etc/pki/libnbd" : "~/.pki/libnbd");
+    } else if (psk && !ns->tls_username) {
+        char buf[1024];
+        struct passwd pw, *pwp = NULL;
+        if (getpwuid_r(geteuid(), &pw, buf, sizeof(buf), &pwp) != 0 || !pwp)
+            e = zerr(ENOENT,
+                     "cannot connect to '%s': no TLS user name given, and user %u has no "
+                     "name",
+                     ns->uri, (unsigned)geteuid());
+        else if (!(ns->tls_username = strdup(pw.pw_name)))
+            e = zerr(ENOMEM, "out of memory");
+    }
+    free(uri_certs);
+    return e;
+}
+
 bool source_is_nbd(const char *name)
 {
     static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://" };
@@ -576,7 +821,8 @@ bool source_is_nbd(const char *name)
     return false;
 }
 
-int source_nbd_open(const char *uri, const char *bitmap, struct source **out)
+int source_nbd_open(const char *uri, const char *bitmap, const struct zcow_nbd_tls *tls,
+                    struct source **out)
 {
     *out = NULL;
     struct source *s = calloc(1, sizeof(*s));
@@ -589,6 +835,9 @@ int source_nbd_open(const char *uri, const char *bitmap, struct source **out)
         return zerr(ENOMEM, "out of memory");
     }
     int e = 0;
+    ns->tls = !strncmp(uri, "nbds://", 7) || !strncmp(uri, "nbds+unix://", 12);
+    if ((e = tls_setup(ns, tls)) < 0)
+        goto fail_alloc;
     if (bitmap) {
         if (!*bitmap) {
             e = zerr(EINVAL, "'%s': empty bitmap name", uri);
@@ -647,6 +896,9 @@ fail:
     return e;
 fail_alloc:
     free(ns->bitmap_ctx);
+    free(ns->tls_certificates);
+    free(ns->tls_psk_file);
+    free(ns->tls_username);
     free(ns->uri);
     free(ns);
     free(s->name);
