@@ -14,11 +14,14 @@ static const char usage_text[] =
     "usage: zcow convert [-f raw|qcow2] [-O qcow2|raw] [-c] [-o OPTIONS] [-l LEVEL]\n"
     "                    [-j THREADS] [-t none|writeback] [-T none|writeback]\n"
     "                    [--write-cache=on|off] [--drop-pages] [-p] [--progress-fd=N] [-q]\n"
-    "                    [-B BACKING [-F qcow2|raw]] [--bitmap NAME] SRC DST\n"
+    "                    [-B BACKING [-F qcow2|raw]] [--bitmap NAME]\n"
+    "                    [--tls-certificates DIR] [--tls-psk-file FILE]\n"
+    "                    [--tls-username NAME] SRC DST\n"
     "\n"
     "  SRC is a file, a block device, a qcow2 image (its backing chain is\n"
     "  flattened) or an NBD URI: nbd://HOST[:PORT]/EXPORT,\n"
-    "  nbd+unix:///EXPORT?socket=PATH (nbds:// and nbds+unix:// for TLS)\n"
+    "  nbd+unix:///EXPORT?socket=PATH, or with TLS (required: never plaintext)\n"
+    "  nbds://HOST[:PORT]/EXPORT, nbds+unix:///EXPORT?socket=PATH\n"
     "\n"
     "  -f FMT        source format (probed by default)\n"
     "  -O FMT        output format: qcow2 (compressed, default) or raw (restore)\n"
@@ -38,7 +41,21 @@ static const char usage_text[] =
     "                DST's directory); zero stretches become zero clusters\n"
     "  -F FMT        the backing file's format (probed by default)\n"
     "  --bitmap NAME incremental backup: copy only the clusters dirty in the NBD\n"
-    "                source's bitmap NAME (qemu:dirty-bitmap:NAME); needs -B\n";
+    "                source's bitmap NAME (qemu:dirty-bitmap:NAME); needs -B\n"
+    "\n"
+    "  TLS (nbds:// and nbds+unix:// only; with nbd:// these are an error):\n"
+    "  --tls-certificates DIR  X.509: DIR holds ca-cert.pem, and client-cert.pem\n"
+    "                and client-key.pem for a server that checks clients; by\n"
+    "                default libnbd's: /etc/pki/libnbd for root, else\n"
+    "                ~/.pki/libnbd or ~/.config/pki/libnbd (with no ca-cert.pem\n"
+    "                there zcow does not connect: the server would go unchecked)\n"
+    "  --tls-psk-file FILE  pre-shared keys instead: FILE of USERNAME:HEXKEY lines\n"
+    "  --tls-username NAME  the PSK user name (default: the user running zcow)\n"
+    "  The URI may give them too (?tls-certificates=DIR, ?tls-psk-file=FILE,\n"
+    "  nbds://NAME@HOST/... or ?tls-username=NAME), and the URI's value wins:\n"
+    "  libnbd applies the URI over what is set before it. The options keep\n"
+    "  paths and names out of a URI that shows in ps. Over nbds+unix:// libnbd\n"
+    "  checks no server certificate (it has no host name to check it for).\n";
 
 struct progress {
     int show;          /* -p */
@@ -161,13 +178,24 @@ static void human_bytes(uint64_t n, char *buf, size_t cap)
 
 int cmd_convert(int argc, char **argv)
 {
-    enum { OPT_WRITE_CACHE = 256, OPT_DROP_PAGES, OPT_PROGRESS_FD, OPT_BITMAP };
+    enum {
+        OPT_WRITE_CACHE = 256,
+        OPT_DROP_PAGES,
+        OPT_PROGRESS_FD,
+        OPT_BITMAP,
+        OPT_TLS_CERTIFICATES,
+        OPT_TLS_PSK_FILE,
+        OPT_TLS_USERNAME,
+    };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "write-cache", required_argument, NULL, OPT_WRITE_CACHE },
         { "drop-pages", no_argument, NULL, OPT_DROP_PAGES },
         { "progress-fd", required_argument, NULL, OPT_PROGRESS_FD },
         { "bitmap", required_argument, NULL, OPT_BITMAP },
+        { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+        { "tls-psk-file", required_argument, NULL, OPT_TLS_PSK_FILE },
+        { "tls-username", required_argument, NULL, OPT_TLS_USERNAME },
         { NULL, 0, NULL, 0 },
     };
     struct zcow_convert_options o;
@@ -207,6 +235,9 @@ int cmd_convert(int argc, char **argv)
         case 'B': o.create.backing_file = optarg; break;
         case 'F': o.create.backing_format = optarg; break;
         case OPT_BITMAP: o.bitmap = optarg; break;
+        case OPT_TLS_CERTIFICATES: o.nbd_tls.certificates = optarg; break;
+        case OPT_TLS_PSK_FILE: o.nbd_tls.psk_file = optarg; break;
+        case OPT_TLS_USERNAME: o.nbd_tls.username = optarg; break;
         case OPT_PROGRESS_FD:
             if (parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0) return 1;
             prog.fd = (int)n;
@@ -234,6 +265,14 @@ int cmd_convert(int argc, char **argv)
     }
     if (o.create.backing_format && !o.create.backing_file) {
         die_msg("-F needs -B BACKING");
+        return 1;
+    }
+    const char *tls_opt = o.nbd_tls.certificates ? "--tls-certificates"
+                          : o.nbd_tls.psk_file   ? "--tls-psk-file"
+                          : o.nbd_tls.username   ? "--tls-username"
+                                                 : NULL;
+    if (tls_opt && strncmp(o.src, "nbds://", 7) && strncmp(o.src, "nbds+unix://", 12)) {
+        die_msg("%s needs an NBD URI with TLS (nbds:// or nbds+unix://), not '%s'", tls_opt, o.src);
         return 1;
     }
     prog.tty = isatty(STDERR_FILENO);
