@@ -89,6 +89,23 @@ requires_zcow() {
     fi
 }
 
+# alive PID: the process runs (a zombie, which a busy or absent reaper can
+# leave behind a daemon for a while, does not count).
+alive() {
+    local state
+    state=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    case $state in Z*) return 1 ;; esac
+}
+
+# kill_wait PID: SIGKILL, then wait (up to 2 s) until it is gone.
+kill_wait() {
+    kill -9 "$1" 2>/dev/null
+    for _ in $(seq 100); do
+        alive "$1" || return 0
+        sleep 0.02
+    done
+}
+
 pass() { _passed=$((_passed + 1)); }
 fail() {
     _failed=$((_failed + 1))

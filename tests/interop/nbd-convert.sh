@@ -27,11 +27,7 @@ nbd_stop() {
     [ -f "$pidf" ] || return 0
     pid=$(cat "$pidf")
     # Read-only: nothing to flush, and SIGTERM takes qemu-nbd ~2 s.
-    kill -9 "$pid" 2>/dev/null
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
+    kill_wait "$pid"
     rm -f "$pidf"
 }
 

@@ -115,11 +115,7 @@ nbd_stop() {
     local pidf=$work/$1.pid pid
     [ -f "$pidf" ] || return 0
     pid=$(cat "$pidf")
-    kill -9 "$pid" 2>/dev/null # read-only: nothing to flush
-    for _ in $(seq 100); do
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.02
-    done
+    kill_wait "$pid" # read-only: nothing to flush
     rm -f "$pidf"
 }
 
