@@ -29,6 +29,7 @@
 #include "error.h"
 #include "fault.h"
 #include "qcow2.h"
+#include "util.h"
 
 #define REFCOUNT_ORDER 4 /* 16-bit refcounts, QEMU's default */
 #define L2_SLOTS_BYTES (8u << 20) /* L2 tables kept in memory */
@@ -534,22 +535,6 @@ static int write_uncached(struct writer *w, const void *data, uint32_t len, uint
 
 /* ---- the write path ----------------------------------------------------------- */
 
-static bool all_zero(const uint8_t *p, size_t len)
-{
-    /* Compare word by word: most data clusters differ in the first bytes. */
-    size_t i = 0;
-    for (; i + 8 <= len; i += 8) {
-        uint64_t v;
-        memcpy(&v, p + i, 8);
-        if (v)
-            return false;
-    }
-    for (; i < len; i++)
-        if (p[i])
-            return false;
-    return true;
-}
-
 static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
 {
     if (off & (w->cluster_size - 1))
@@ -662,7 +647,7 @@ static int flush_normal_run(struct writer *w, struct normal_run *run)
  * to store uncompressed.  IN holds a whole cluster. */
 static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, struct tl_bufs *t)
 {
-    if (all_zero(in, w->cluster_size)) {
+    if (buf_is_zero(in, w->cluster_size)) {
         atomic_fetch_add(&w->n_zero, 1);
         /* Over a backing file, zeros must be stated; alone, a hole is zero. */
         return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0, 1) : 0;
