@@ -6,7 +6,6 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -20,15 +19,12 @@
 
 struct cmp {
     zcow_image *a, *b;
-    uint64_t common;        /* bytes both images have */
-    uint64_t total;         /* bytes of the longer one */
-    zcow_image *longer;     /* NULL when the sizes are equal */
-    _Atomic uint64_t next;  /* next block index to take */
-    _Atomic uint64_t found; /* smallest mismatch offset; UINT64_MAX none */
-    pthread_mutex_t lock;   /* guards err, err_offset and msg */
-    int err;                /* read error of the lowest block (negative errno) */
-    uint64_t err_offset;
-    char msg[512];
+    uint64_t common;         /* bytes both images have */
+    uint64_t total;          /* bytes of the longer one */
+    zcow_image *longer;      /* NULL when the sizes are equal */
+    _Atomic uint64_t next;   /* next block index to take */
+    _Atomic uint64_t found;  /* smallest mismatch offset; UINT64_MAX none */
+    struct zerr_first first; /* the read error of the lowest block */
 };
 
 static void record_mismatch(struct cmp *c, uint64_t off)
@@ -36,25 +32,6 @@ static void record_mismatch(struct cmp *c, uint64_t off)
     uint64_t cur = atomic_load(&c->found);
     while (off < cur && !atomic_compare_exchange_weak(&c->found, &cur, off))
         ;
-}
-
-static void record_error(struct cmp *c, int err, uint64_t off)
-{
-    pthread_mutex_lock(&c->lock);
-    if (!c->err || off < c->err_offset) {
-        c->err = err;
-        c->err_offset = off;
-        snprintf(c->msg, sizeof(c->msg), "%s", zcow_get_error());
-    }
-    pthread_mutex_unlock(&c->lock);
-}
-
-static bool failed(struct cmp *c)
-{
-    pthread_mutex_lock(&c->lock);
-    bool f = c->err != 0;
-    pthread_mutex_unlock(&c->lock);
-    return f;
 }
 
 /* Offset of the first byte where X and Y differ (N if none). */
@@ -125,7 +102,7 @@ static void *worker(void *arg)
     uint8_t *ba = NULL, *bb = NULL;
     if (posix_memalign((void **)&ba, 4096, CMP_BLOCK) ||
         posix_memalign((void **)&bb, 4096, CMP_BLOCK)) {
-        record_error(c, zerr(ENOMEM, "out of memory"), 0);
+        zerr_keep_at(&c->first, zerr(ENOMEM, "out of memory"), 0);
         goto out;
     }
     for (;;) {
@@ -135,12 +112,12 @@ static void *worker(void *arg)
         uint64_t off = idx * CMP_BLOCK;
         /* Blocks are taken in order: past a mismatch, nothing earlier
          * remains to be found by this thread. */
-        if (off >= atomic_load(&c->found) || failed(c))
+        if (off >= atomic_load(&c->found) || zerr_failed(&c->first))
             break;
         size_t len = (size_t)(c->total - off < CMP_BLOCK ? c->total - off : CMP_BLOCK);
         int r = compare_block(c, ba, bb, off, len);
         if (r < 0) {
-            record_error(c, r, off);
+            zerr_keep_at(&c->first, r, off);
             break;
         }
     }
@@ -188,7 +165,7 @@ int zcow_compare_images(zcow_image *a, zcow_image *b, int strict, uint64_t *mism
     };
     atomic_init(&c.next, 0);
     atomic_init(&c.found, UINT64_MAX);
-    pthread_mutex_init(&c.lock, NULL);
+    zerr_first_init(&c.first);
 
     uint64_t blocks = (c.total + CMP_BLOCK - 1) / CMP_BLOCK;
     long cpus = sysconf(_SC_NPROCESSORS_ONLN);
@@ -205,19 +182,21 @@ int zcow_compare_images(zcow_image *a, zcow_image *b, int strict, uint64_t *mism
     worker(&c);
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
-    pthread_mutex_destroy(&c.lock);
 
     /* Every block below the lowest failed or mismatching one was compared
      * (blocks are taken in order and finished before a thread stops), so
      * whichever of the two comes first decides. */
     uint64_t found = atomic_load(&c.found);
-    if (c.err && c.err_offset <= found)
-        return zerr(-c.err, "%s", c.msg);
-    if (found != UINT64_MAX) {
+    if (zerr_failed(&c.first) && zerr_kept_at(&c.first) <= found)
+        r = zerr_kept(&c.first);
+    else if (found != UINT64_MAX)
+        r = ZCOW_COMPARE_CONTENT;
+    else
+        r = ZCOW_COMPARE_IDENTICAL;
+    if (r == ZCOW_COMPARE_CONTENT)
         *mismatch_offset = found;
-        return ZCOW_COMPARE_CONTENT;
-    }
-    return ZCOW_COMPARE_IDENTICAL;
+    zerr_first_destroy(&c.first);
+    return r;
 }
 
 int zcow_compare(const char *a, const char *fa, const char *b, const char *fb, int strict,

@@ -41,7 +41,7 @@ struct job {
     atomic_ullong done_bytes;
     atomic_ullong n_copied;
     atomic_int failed;
-    pthread_mutex_t lock;        /* guards first, running, the ring */
+    pthread_mutex_t lock;        /* guards running, the ring */
     pthread_cond_t cond;         /* running changed */
     struct zerr_first first;     /* the first worker's failure */
     int running;
@@ -78,8 +78,8 @@ struct segment {
 
 static void job_fail(struct job *j, int err)
 {
-    pthread_mutex_lock(&j->lock);
     zerr_keep(&j->first, err);
+    pthread_mutex_lock(&j->lock);
     atomic_store(&j->failed, 1);
     pthread_cond_broadcast(&j->ring_cond);
     pthread_mutex_unlock(&j->lock);
@@ -461,6 +461,7 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
         return r;
     }
     pthread_mutex_init(&j.lock, NULL);
+    zerr_first_init(&j.first);
     pthread_cond_init(&j.cond, NULL);
     pthread_cond_init(&j.ring_cond, NULL);
 
@@ -485,7 +486,7 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
 
-    if (j.first.err) {
+    if (zerr_failed(&j.first)) {
         zcow_abort(j.img);
         r = zerr_kept(&j.first);
     } else {
@@ -500,6 +501,7 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     if (r == 0 && o->progress)
         o->progress(o->progress_opaque, j.size, j.size);
     pthread_mutex_destroy(&j.lock);
+    zerr_first_destroy(&j.first);
     pthread_cond_destroy(&j.cond);
     pthread_cond_destroy(&j.ring_cond);
     free_ring(&j);

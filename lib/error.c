@@ -1,4 +1,4 @@
-/* error.c - per-thread error messages. */
+/* error.c - per-thread error messages and the first-failure keeper. */
 #include "error.h"
 
 #include <stdarg.h>
@@ -35,22 +35,60 @@ int zerr_sys(int err, const char *fmt, ...)
     return r;
 }
 
-void zerr_keep(struct zerr_first *f, int err)
-{
-    if (err && !f->err) {
-        f->err = err;
-        snprintf(f->msg, sizeof(f->msg), "%s", message);
-    }
-}
-
-int zerr_kept(const struct zerr_first *f)
-{
-    if (f->err)
-        zerr(-f->err, "%s", f->msg);
-    return f->err;
-}
-
 int zerr_is_set(void) { return message[0] != 0; }
 void zerr_clear(void) { message[0] = 0; }
 
 const char *zcow_get_error(void) { return message; }
+
+/* ---- the first-failure keeper -------------------------------------------- */
+
+void zerr_first_init(struct zerr_first *f)
+{
+    atomic_init(&f->err, 0);
+    pthread_mutex_init(&f->lock, NULL);
+    f->at = 0;
+    f->msg[0] = 0;
+}
+
+void zerr_first_destroy(struct zerr_first *f) { pthread_mutex_destroy(&f->lock); }
+
+/* Keep ERR at AT if nothing is kept, or (ORDERED) if AT is before the kept
+ * position. */
+static int keep(struct zerr_first *f, int err, uint64_t at, int ordered)
+{
+    if (!err)
+        return 0;
+    pthread_mutex_lock(&f->lock);
+    int cur = atomic_load(&f->err);
+    if (!cur || (ordered && at < f->at)) {
+        f->at = at;
+        snprintf(f->msg, sizeof(f->msg), "%s", message);
+        atomic_store(&f->err, err);
+    }
+    pthread_mutex_unlock(&f->lock);
+    return err;
+}
+
+int zerr_keep(struct zerr_first *f, int err) { return keep(f, err, 0, 0); }
+
+int zerr_keep_at(struct zerr_first *f, int err, uint64_t at) { return keep(f, err, at, 1); }
+
+int zerr_kept(struct zerr_first *f)
+{
+    if (!atomic_load(&f->err))
+        return 0;
+    pthread_mutex_lock(&f->lock);
+    int err = atomic_load(&f->err);
+    /* A failure without a message still says which errno it was. */
+    zerr(-err, "%s", f->msg[0] ? f->msg : strerror(-err));
+    pthread_mutex_unlock(&f->lock);
+    return err;
+}
+
+uint64_t zerr_kept_at(struct zerr_first *f)
+{
+    pthread_mutex_lock(&f->lock);
+    uint64_t at = f->at;
+    pthread_mutex_unlock(&f->lock);
+    return at;
+}

@@ -35,17 +35,15 @@ struct restore {
     atomic_uint_fast64_t next;  /* next chunk to take */
     atomic_uint_fast64_t done;  /* bytes finished */
     atomic_int failed;
-    pthread_mutex_t lock;       /* guards first and progress calls */
+    pthread_mutex_t lock;       /* guards progress calls */
     struct zerr_first first;    /* the first worker's failure */
     uint64_t reported;
 };
 
 static void fail(struct restore *j, int err)
 {
-    pthread_mutex_lock(&j->lock);
     zerr_keep(&j->first, err);
     atomic_store(&j->failed, 1);
-    pthread_mutex_unlock(&j->lock);
 }
 
 static void progress(struct restore *j, uint64_t bytes)
@@ -183,6 +181,7 @@ int convert_to_raw(const struct zcow_convert_options *o, struct source *src,
     j->size = src->size;
     j->chunks = (j->size + CHUNK - 1) / CHUNK;
     pthread_mutex_init(&j->lock, NULL);
+    zerr_first_init(&j->first);
 
     /* A device is written in place; a file gets a temporary name beside
      * the destination, renamed over it when complete. */
@@ -221,7 +220,7 @@ int convert_to_raw(const struct zcow_convert_options *o, struct source *src,
         worker(j); /* no thread to spare: do it here */
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
-    if (j->first.err) {
+    if (zerr_failed(&j->first)) {
         e = zerr_kept(&j->first);
         goto out_close;
     }
@@ -240,6 +239,7 @@ out_close:
     blk_close(&j->out);
 out_free:
     pthread_mutex_destroy(&j->lock);
+    zerr_first_destroy(&j->first);
     free(j);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
