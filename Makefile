@@ -3,7 +3,7 @@
 # SANITIZE=address,undefined or SANITIZE=thread builds into build-$(SANITIZE).
 
 CC ?= cc
-PKGS := zlib libzstd libisal liburing libnbd
+PKGS := zlib libzstd libisal libnbd
 SANITIZE ?=
 VERSION := 0.1.0
 
@@ -19,7 +19,9 @@ comma := ,
 
 CFLAGS ?= $(OPT) -g
 WARN := -Wall -Wextra -Wvla -Wshadow -Wstrict-prototypes -Wmissing-prototypes
-ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread $(WARN) $(CFLAGS) $(SAN_FLAGS) \
+# -MMD -MP: each object depends on the headers its source includes (the .d
+# files beside the objects, included at the end).
+ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread -MMD -MP $(WARN) $(CFLAGS) $(SAN_FLAGS) \
               -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
 LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
 ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
@@ -35,9 +37,13 @@ HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
 
 all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc
 
-$(BUILD)/%.o: %.c $(wildcard include/*.h lib/*.h)
+$(BUILD)/%.o: %.c $(BUILD)/%.d
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
+
+# An object without its .d file (never built with -MMD) is rebuilt.
+DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+$(DEPS):
 
 $(BUILD)/libzcow.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -54,7 +60,7 @@ $(BUILD)/zcow.pc: Makefile
 	printf 'prefix=/usr/local\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: zcow\nDescription: compressed qcow2 writer\nVersion: $(VERSION)\nRequires.private: $(PKGS)\nLibs: -L$${libdir} -lzcow\nCflags: -I$${includedir}\n' > $@
 
 # Unit tests link the static library, so they can reach internal modules.
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libzcow.a tests/unit/unit.h
+$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libzcow.a
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libzcow.a $(LIBS)
 
@@ -86,14 +92,14 @@ clean:
 FUZZ_CC ?= clang
 FUZZ_BUILD := build-fuzz
 FUZZ_TIME ?= 60
-FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -g -O1 -fno-omit-frame-pointer $(WARN) \
+FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -MMD -MP -g -O1 -fno-omit-frame-pointer $(WARN) \
                -fsanitize=address,undefined -fno-sanitize-recover=all \
                -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 
-$(FUZZ_BUILD)/lib/%.o: lib/%.c $(wildcard include/*.h lib/*.h)
+$(FUZZ_BUILD)/lib/%.o: lib/%.c $(FUZZ_BUILD)/lib/%.d
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
@@ -103,6 +109,7 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
 fuzz-build: $(FUZZ_BIN)
 
 .SECONDARY: $(FUZZ_LIB_OBJ)
+$(FUZZ_LIB_OBJ:.o=.d):
 
 fuzz: fuzz-build
 	tests/fuzz/run.sh $(FUZZ_TIME)
@@ -111,3 +118,6 @@ fuzz-quick: fuzz-build
 	tests/fuzz/run.sh 5
 
 .PHONY: fuzz-build fuzz fuzz-quick
+
+# The header dependencies -MMD wrote (none before the first build).
+include $(wildcard $(DEPS) $(UNIT_BIN:=.d) $(HELPER_BIN:=.d) $(FUZZ_LIB_OBJ:.o=.d) $(FUZZ_BIN:=.d))

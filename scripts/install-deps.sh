@@ -2,8 +2,8 @@
 # Install the Debian packages zcow builds, tests and benchmarks with.
 # Only what is missing is installed; needs root (or sudo) when anything is.
 set -e
-pkgs="build-essential pkg-config zlib1g-dev libzstd-dev libisal-dev liburing-dev
-      libnbd-dev qemu-utils python3 util-linux e2fsprogs clang libclang-rt-dev
+pkgs="build-essential pkg-config zlib1g-dev libzstd-dev libisal-dev libnbd-dev
+      qemu-utils python3 util-linux e2fsprogs clang libclang-rt-dev
       valgrind nbdkit openssl procps"
 [ "${1:-}" = "--bench" ] && pkgs="$pkgs gnuplot-nox nbdkit libnbd-bin fuse3 linux-perf"
 missing=""

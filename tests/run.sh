@@ -5,7 +5,9 @@
 # b, c and d then run together, the longest first by the last run's times):
 #   a. `make` and `make tests` (build/, -O2): every unit test, every
 #      tests/interop/*.sh (valgrind.sh: memcheck on conversions and a
-#      restore) and ../shared/acceptance/quick.sh when present;
+#      restore), the build's own tests (tests/abi/*.sh: exported symbols,
+#      the public header; tests/package/*.sh: dependencies, installation)
+#      and ../shared/acceptance/quick.sh when present;
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
@@ -147,7 +149,9 @@ run_queue() {
 }
 
 interop_tests() { ls tests/interop/*.sh | grep -v '/functions\.sh$'; }
-unit_tests() { ls "$1"/tests/test_* 2>/dev/null; }
+build_tests() { ls tests/abi/*.sh tests/package/*.sh 2>/dev/null; }
+# The unit test programs (not their .d files, nor other files there).
+unit_tests() { find "$1/tests" -maxdepth 1 -name 'test_*' -type f -perm -u+x 2>/dev/null | sort; }
 
 # Sanitizer options: reports go to files in the test's own directory.
 san_env='export ZCOW_TEST_SANITIZER=address,undefined
@@ -188,6 +192,10 @@ if has_stage a; then
         done
         for t in $(interop_tests); do
             add "a-$(basename "$t" .sh)" "$(basename "$t" .sh)" "export ZCOW='$ROOT/build/zcow'" bash "$t"
+        done
+        for t in $(build_tests); do
+            n=$(basename "$(dirname "$t")")/$(basename "$t" .sh)
+            add "a-${n/\//-}" "$n" "export ZCOW='$ROOT/build/zcow'" bash "$t"
         done
         if [ -f ../shared/acceptance/quick.sh ]; then
             add a-quick "acceptance quick.sh" "export ZCOW='$ROOT/build/zcow'" \
