@@ -34,6 +34,11 @@ UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPER_SRC := $(sort $(wildcard tests/helpers/*.c))
 HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
+# Test builds: the same objects, but fault injection (lib/fault.h) compiled
+# in, which the shipped library and zcow do not have.
+TEST_LIB_OBJ := $(filter-out $(BUILD)/lib/fault.o,$(LIB_OBJ)) $(BUILD)/lib/fault-inject.o
+TEST_LIB := $(BUILD)/tests/libzcow-test.a
+FAULT_ZCOW := $(BUILD)/tests/zcow-fault
 
 all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc
 
@@ -41,8 +46,12 @@ $(BUILD)/%.o: %.c $(BUILD)/%.d
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
 
+$(BUILD)/lib/fault-inject.o: lib/fault.c $(BUILD)/lib/fault-inject.d
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -DZCOW_FAULT_INJECTION -c $< -o $@
+
 # An object without its .d file (never built with -MMD) is rebuilt.
-DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/lib/fault-inject.d
 $(DEPS):
 
 $(BUILD)/libzcow.a: $(LIB_OBJ)
@@ -59,16 +68,25 @@ $(BUILD)/zcow.pc: Makefile
 	@mkdir -p $(BUILD)
 	printf 'prefix=/usr/local\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: zcow\nDescription: compressed qcow2 writer\nVersion: $(VERSION)\nRequires.private: $(PKGS)\nLibs: -L$${libdir} -lzcow\nCflags: -I$${includedir}\n' > $@
 
-# Unit tests link the static library, so they can reach internal modules.
-$(BUILD)/tests/%: tests/unit/%.c $(BUILD)/libzcow.a
+# The test library: every object, internal symbols global (the unit tests
+# reach internal modules), fault injection in.
+$(TEST_LIB): $(TEST_LIB_OBJ)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libzcow.a $(LIBS)
+	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/tests/%: tests/helpers/%.c $(BUILD)/libzcow.a
+# zcow with fault injection, for the tests that inject faults.
+$(FAULT_ZCOW): $(CLI_OBJ) $(TEST_LIB)
+	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(TEST_LIB) $(LIBS)
+
+$(BUILD)/tests/%: tests/unit/%.c $(TEST_LIB)
 	@mkdir -p $(dir $@)
-	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(BUILD)/libzcow.a $(LIBS)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(TEST_LIB) $(LIBS)
 
-tests: all $(UNIT_BIN) $(HELPER_BIN)
+$(BUILD)/tests/%: tests/helpers/%.c $(TEST_LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(ALL_LDFLAGS) -o $@ $< $(TEST_LIB) $(LIBS)
+
+tests: all $(UNIT_BIN) $(HELPER_BIN) $(FAULT_ZCOW)
 
 # The whole suite: normal build, then ASan+UBSan and TSan builds.
 check:

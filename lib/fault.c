@@ -1,4 +1,5 @@
-/* fault.c - fault injection for tests (see fault.h). */
+/* fault.c - fault injection for tests (see fault.h); plain system calls
+ * unless compiled with ZCOW_FAULT_INJECTION. */
 #include "fault.h"
 
 #include <errno.h>
@@ -11,6 +12,8 @@
 #include <string.h>
 #include <sys/uio.h>
 #include <unistd.h>
+
+#ifdef ZCOW_FAULT_INJECTION
 
 enum fault_op { OP_OPEN, OP_READ, OP_WRITE, OP_FSYNC, OP_RENAME, OP_ALLOC, OP_COUNT };
 static const char *const op_names[OP_COUNT] = { "open", "read", "write", "fsync", "rename", "alloc" };
@@ -171,3 +174,29 @@ void fault_delay(void)
 }
 
 int fault_alloc_fails(void) { return hit(OP_ALLOC) != 0; }
+
+#else /* !ZCOW_FAULT_INJECTION: the shipped library */
+
+int fault_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
+
+ssize_t fault_pread(int fd, void *buf, size_t len, off_t off) { return pread(fd, buf, len, off); }
+
+ssize_t fault_pwrite(int fd, const void *buf, size_t len, off_t off)
+{
+    return pwrite(fd, buf, len, off);
+}
+
+ssize_t fault_pwritev(int fd, const struct iovec *iov, int iovcnt, off_t off)
+{
+    return pwritev(fd, iov, iovcnt, off);
+}
+
+int fault_fsync(int fd) { return fsync(fd); }
+
+int fault_rename(const char *from, const char *to) { return rename(from, to); }
+
+void fault_delay(void) {}
+
+int fault_alloc_fails(void) { return 0; }
+
+#endif

@@ -1,6 +1,11 @@
 /* fault.h - system calls with test-only fault injection.
  *
- * With ZCOW_FAULT="OP:N:ERR" in the environment, the Nth call of OP in the
+ * Only in test builds: fault.c compiled with ZCOW_FAULT_INJECTION (the
+ * unit tests' library and the test binary tests/zcow-fault, see the
+ * Makefile).  The shipped libzcow and zcow get plain calls from fault.c and
+ * never read the variables below.
+ *
+ * In a test build, with ZCOW_FAULT="OP:N:ERR" in the environment, the Nth call of OP in the
  * process fails: OP is open, read, write, fsync, rename or alloc; ERR is an
  * errno name (EIO, ENOSPC, EINTR, ...) or "short" (a write or read that
  * transfers half of what was asked).  With ZCOW_FAULT_STATS=FILE the count

@@ -5,10 +5,12 @@
 # conversion that fails (missing source, an injected I/O fault in a read,
 # a write, an fsync or the rename) or is interrupted (SIGINT, SIGTERM, SIGHUP)
 # leaves the old file byte for byte as it was, and no DST.zcow-tmp-* file.
-# Faults come from ZCOW_FAULT=OP:N:ERR (lib/fault.h), a test-only switch.
+# Faults come from ZCOW_FAULT=OP:N:ERR (lib/fault.h), a switch only the test
+# build $FAULT_ZCOW has.
 . "$(dirname "$0")/functions.sh"
 requires qemu-img cmp
 requires_zcow
+requires_fault_zcow
 
 head -c $((3 << 20)) /dev/urandom >"$work/rnd.raw"
 yes "zcow safety test line" | head -c $((3 << 20)) >"$work/text.raw"
@@ -48,7 +50,7 @@ fi
 #    at the very end, after every data write).
 stats=$work/stats.txt
 restore_old
-ZCOW_FAULT_STATS=$stats "$ZCOW" convert -q -j 2 "$work/src.raw" "$work/count.qcow2" >/dev/null 2>&1 ||
+ZCOW_FAULT_STATS=$stats "$FAULT_ZCOW" convert -q -j 2 "$work/src.raw" "$work/count.qcow2" >/dev/null 2>&1 ||
     fail "counting run failed"
 count() { sed -n "s/^$1 //p" "$stats"; }
 writes=$(count write)
@@ -61,7 +63,7 @@ faults="read:1:EIO read:2:EIO read:$reads:EIO write:1:EIO write:2:ENOSPC write:5
         fsync:$fsyncs:EIO rename:1:EIO rename:1:EACCES alloc:1:ENOMEM"
 for f in $faults; do
     restore_old
-    err=$(ZCOW_FAULT=$f timeout 120 "$ZCOW" convert -q -j 2 "$work/src.raw" "$dst" 2>&1)
+    err=$(ZCOW_FAULT=$f timeout 120 "$FAULT_ZCOW" convert -q -j 2 "$work/src.raw" "$dst" 2>&1)
     rc=$?
     if [ $rc -eq 0 ]; then
         # A fault in a call that was not made this time (counts vary with

@@ -25,10 +25,12 @@
 #
 # FAULT_WALK_CASES limits the cases (e.g. "j1 restore"); FAULT_WALK_STEP=K
 # walks every Kth N only (for slow sanitizer builds; default 1, or 2 when
-# $ZCOW is a sanitizer build).
+# $ZCOW is a sanitizer build).  The faulty runs and the counting runs use
+# $FAULT_ZCOW, the test build of $ZCOW with fault injection.
 . "$(dirname "$0")/functions.sh"
 requires qemu-img cmp timeout
 requires_zcow
+requires_fault_zcow
 
 # src.raw: 3 MiB + 12345 bytes: random, text, zeros, ones, random again,
 # an odd tail.  small.raw: 1 MiB + 12345 bytes of the same kinds, for the
@@ -117,7 +119,7 @@ one() {
     rm -f "$stats" # a run that crashes writes none
     # shellcheck disable=SC2086
     ZCOW_FAULT=$op:$n:$err ZCOW_FAULT_STATS=$stats timeout -k 5 60 \
-        "$ZCOW" convert -q $args "$from" "$dst" 2>"$errf" >/dev/null
+        "$FAULT_ZCOW" convert -q $args "$from" "$dst" 2>"$errf" >/dev/null
     rc=$?
     hit=0
     [ "$(count "$op")" -ge "$n" ] 2>/dev/null && hit=1
@@ -196,7 +198,7 @@ while IFS='|' read -r name fmt data from args; do
     counts=$work/counts.$name
     rm -f "$dst" "$counts"
     # shellcheck disable=SC2086
-    if ! ZCOW_FAULT_STATS=$counts "$ZCOW" convert -q $args "$from" "$dst"; then
+    if ! ZCOW_FAULT_STATS=$counts "$FAULT_ZCOW" convert -q $args "$from" "$dst"; then
         fail "$name: the counting run failed"
         continue
     fi

@@ -10,8 +10,11 @@
 #
 # $work is a fresh temporary directory, removed at exit (set KEEP=1 to keep
 # it); cleanup_fn CMD... registers more cleanup.  $ZCOW is the binary under
-# test (default build/zcow, made absolute).  Each case reports with pass or
-# fail MESSAGE; a script exits 1 if any case failed.
+# test (default build/zcow, made absolute).  $FAULT_ZCOW is the same zcow
+# with fault injection (ZCOW_FAULT, lib/fault.h), which only test builds
+# have: tests/zcow-fault in $ZCOW's build directory (`make tests`); tests
+# that inject faults call requires_fault_zcow and run it.  Each case reports
+# with pass or fail MESSAGE; a script exits 1 if any case failed.
 
 set -u
 set -o pipefail
@@ -22,6 +25,8 @@ ROOT=$(cd "$_here/../.." && pwd)
 ZCOW=${ZCOW:-$ROOT/build/zcow}
 case $ZCOW in /*) ;; *) ZCOW=$ROOT/$ZCOW ;; esac
 export ZCOW
+FAULT_ZCOW=${FAULT_ZCOW:-$(dirname "$ZCOW")/tests/zcow-fault}
+case $FAULT_ZCOW in /*) ;; *) FAULT_ZCOW=$ROOT/$FAULT_ZCOW ;; esac
 
 # Seed for the generated data; printed so that a failure can be reproduced.
 TEST_SEED=${TEST_SEED:-$(( $(date +%s) % 100000 ))}
@@ -85,6 +90,14 @@ requires_optional() {
 requires_zcow() {
     if [ ! -x "$ZCOW" ]; then
         echo "$TEST_NAME: no executable at '$ZCOW': build first (make)" >&2
+        exit 1
+    fi
+}
+
+# requires_fault_zcow: the test injects faults, with $FAULT_ZCOW.
+requires_fault_zcow() {
+    if [ ! -x "$FAULT_ZCOW" ]; then
+        echo "$TEST_NAME: no executable at '$FAULT_ZCOW' (zcow with fault injection): build it (make tests)" >&2
         exit 1
     fi
 }

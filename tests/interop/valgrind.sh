@@ -6,8 +6,9 @@
 #   a conversion with -j 2 (O_DIRECT, write cache on), one with -t writeback
 #   and the write cache off, one to zstd from a qcow2 source, a restore
 #   (-O raw) with -j 2; zcow info, check and compare;
-#   conversions and a restore failing on injected faults (ZCOW_FAULT): the
-#   error paths free what they took too.
+#   conversions and a restore failing on injected faults (ZCOW_FAULT, with
+#   $FAULT_ZCOW, the test build with fault injection): the error paths free
+#   what they took too.
 #
 # Memcheck cannot run a sanitizer build: under one (ZCOW_TEST_SANITIZER set
 # by tests/run.sh, or ZCOW in a build-*/ directory) the test is skipped;
@@ -15,6 +16,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img cmp
 requires_zcow
+requires_fault_zcow
 requires_optional valgrind
 if [ -n "${ZCOW_TEST_SANITIZER:-}" ] || [[ $ZCOW = */build-*/zcow ]]; then
     echo "$TEST_NAME: skipped: $ZCOW is a sanitizer build; memcheck runs on build/zcow" >&2
@@ -35,11 +37,13 @@ src=$work/src.raw
 log=$work/vg.log
 
 # vgrun WANT LABEL ARGS...: zcow ARGS under memcheck must exit WANT (0, or
-# 1 for an injected fault); exit 99 is memcheck's own verdict.
+# 1 for an injected fault); exit 99 is memcheck's own verdict.  With
+# ZCOW_FAULT set, the test build $FAULT_ZCOW runs.
 vgrun() {
-    local want=$1 label=$2 rc
+    local want=$1 label=$2 rc bin=$ZCOW
     shift 2
-    "${vg[@]}" --log-file="$log" "$ZCOW" "$@" >/dev/null 2>"$work/err.txt"
+    [ -n "${ZCOW_FAULT:-}" ] && bin=$FAULT_ZCOW
+    "${vg[@]}" --log-file="$log" "$bin" "$@" >/dev/null 2>"$work/err.txt"
     rc=$?
     if [ $rc -eq 99 ] || [ -s "$log" ]; then
         fail "$label: memcheck: $(grep -m 8 -e 'ERROR SUMMARY' -e 'lost' -e 'Invalid' \
