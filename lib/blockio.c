@@ -245,6 +245,45 @@ int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)
     return (int64_t)done;
 }
 
+static bool aligned(uint64_t v) { return (v & (BLK_ALIGN - 1)) == 0; }
+
+int blk_read(struct blk *b, void *buf, size_t len, uint64_t off)
+{
+    uint8_t *p = buf;
+    if (!b->direct || (aligned((uintptr_t)buf) && aligned(off) && aligned(len))) {
+        int64_t n = blk_pread(b, buf, len, off);
+        if (n < 0)
+            return (int)n;
+        memset(p + n, 0, len - (size_t)n);
+        return 0;
+    }
+    size_t cap = len + 2 * BLK_ALIGN < BLK_BOUNCE_MAX ? len + 2 * BLK_ALIGN : BLK_BOUNCE_MAX;
+    uint8_t *bounce = blk_alloc(cap);
+    if (!bounce)
+        return zerr(ENOMEM, "out of memory");
+    while (len > 0) {
+        uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
+        size_t head = (size_t)(off - start);
+        size_t piece = len < cap - head - BLK_ALIGN ? len : cap - head - BLK_ALIGN;
+        size_t alen = (head + piece + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
+        int64_t n = blk_pread(b, bounce, alen, start);
+        if (n < 0) {
+            free(bounce);
+            return (int)n;
+        }
+        size_t have = (size_t)n > head ? (size_t)n - head : 0;
+        if (have > piece)
+            have = piece;
+        memcpy(p, bounce + head, have);
+        memset(p + have, 0, piece - have);
+        p += piece;
+        off += piece;
+        len -= piece;
+    }
+    free(bounce);
+    return 0;
+}
+
 void blk_drop_range(struct blk *b, uint64_t off, uint64_t len)
 {
     if (!b->drop_pages)

@@ -41,8 +41,17 @@ struct iovec;
 int blk_pwritev(struct blk *b, struct iovec *iov, int iovcnt, uint64_t off);
 
 /* Read up to LEN bytes at OFF; returns the count (short only at end of
- * file) or a negative errno. */
+ * file) or a negative errno.  Under O_DIRECT, BUF, OFF and LEN must be
+ * aligned to BLK_ALIGN: see blk_read() for any other request. */
 int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off);
+
+/* Read all of LEN bytes at OFF, of any alignment; bytes past the end of
+ * the file read as zero.  Under O_DIRECT, a request whose buffer, offset or
+ * length is not aligned goes through an aligned bounce buffer (at most
+ * BLK_BOUNCE_MAX bytes, reused piece by piece); an aligned one is read in
+ * place.  Returns 0 or a negative errno. */
+#define BLK_BOUNCE_MAX (1u << 20)
+int blk_read(struct blk *b, void *buf, size_t len, uint64_t off);
 
 /* Write back and drop [OFF, OFF+LEN) from the page cache (when drop_pages). */
 void blk_drop_range(struct blk *b, uint64_t off, uint64_t len);

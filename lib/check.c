@@ -139,21 +139,15 @@ static void note(struct check *c, const char *fmt, ...)
     c->report(c->opaque, line);
 }
 
-/* Read LEN bytes at OFF; bytes past the end of the file read as zero. */
+/* Read LEN bytes at OFF; bytes past the end of the file read as zero
+ * (and offsets past it, which pread may not take, are not read). */
 static int read_at(struct check *c, void *buf, size_t len, uint64_t off)
 {
-    uint8_t *p = buf;
-    size_t have = 0;
-    if (off < c->file_len) {
-        uint64_t avail = c->file_len - off;
-        size_t want = len < avail ? len : (size_t)avail;
-        int64_t n = blk_pread(&c->b, p, want, off);
-        if (n < 0)
-            return (int)n;
-        have = (size_t)n; /* short only if the file shrank meanwhile */
+    if (off >= c->file_len) {
+        memset(buf, 0, len);
+        return 0;
     }
-    memset(p + have, 0, len - have);
-    return 0;
+    return blk_read(&c->b, buf, len, off);
 }
 
 /* Can QEMU read [OFF, OFF+LEN)?  Its block layer fails requests past

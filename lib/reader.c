@@ -38,8 +38,6 @@
  * (the lookup is a scan). */
 #define L2_CACHE_BYTES (32u << 20)
 #define L2_CACHE_MAX 64
-/* Bounce buffer for unaligned O_DIRECT reads, per piece. */
-#define BOUNCE_MAX (1u << 20)
 /* Extended L2: 32 subclusters per cluster. */
 #define SUBCLUSTERS 32
 /* Names of incompatible features from the feature table, for messages. */
@@ -87,49 +85,6 @@ struct mapping {
     uint64_t host;     /* NORMAL: host offset of the first byte */
     uint64_t entry;    /* COMPRESSED: the descriptor */
 };
-
-/* ---- Host I/O --------------------------------------------------------- */
-
-static bool aligned(uint64_t v) { return (v & (BLK_ALIGN - 1)) == 0; }
-
-/* Read LEN bytes at host offset OFF; bytes past the end of the file read
- * as zero.  Under O_DIRECT, unaligned requests go through a bounce buffer. */
-static int host_read(struct reader *r, void *buf, size_t len, uint64_t off)
-{
-    uint8_t *p = buf;
-    if (!r->blk.direct || (aligned((uintptr_t)buf) && aligned(off) && aligned(len))) {
-        int64_t n = blk_pread(&r->blk, buf, len, off);
-        if (n < 0)
-            return (int)n;
-        memset(p + n, 0, len - (size_t)n);
-        return 0;
-    }
-    size_t cap = len + 2 * BLK_ALIGN < BOUNCE_MAX ? len + 2 * BLK_ALIGN : BOUNCE_MAX;
-    uint8_t *bounce = blk_alloc(cap);
-    if (!bounce)
-        return zerr(ENOMEM, "out of memory");
-    while (len > 0) {
-        uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
-        size_t head = (size_t)(off - start);
-        size_t piece = len < cap - head - BLK_ALIGN ? len : cap - head - BLK_ALIGN;
-        size_t alen = (head + piece + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
-        int64_t n = blk_pread(&r->blk, bounce, alen, start);
-        if (n < 0) {
-            free(bounce);
-            return (int)n;
-        }
-        size_t have = (size_t)n > head ? (size_t)n - head : 0;
-        if (have > piece)
-            have = piece;
-        memcpy(p, bounce + head, have);
-        memset(p + have, 0, piece - have);
-        p += piece;
-        off += piece;
-        len -= piece;
-    }
-    free(bounce);
-    return 0;
-}
 
 /* ---- L2 tables ---------------------------------------------------------- */
 
@@ -314,7 +269,7 @@ static int l2_walk(struct reader *r, uint64_t off, struct walk *w)
     uint8_t *data = blk_alloc(r->cluster_size);
     if (!data)
         return zerr(ENOMEM, "out of memory");
-    if ((e = host_read(r, data, r->cluster_size, off)) < 0) {
+    if ((e = blk_read(&r->blk, data, r->cluster_size, off)) < 0) {
         free(data);
         return e;
     }
@@ -458,7 +413,7 @@ static int read_compressed_run(struct reader *r, uint64_t off, uint64_t n, uint8
     uint8_t *buf = blk_alloc(alen);
     if (!buf)
         return zerr(ENOMEM, "out of memory");
-    if ((e = host_read(r, buf, alen, astart)) < 0)
+    if ((e = blk_read(&r->blk, buf, alen, astart)) < 0)
         goto out;
     uint64_t g = off;
     for (unsigned i = 0; i < count; i++) {
@@ -500,7 +455,7 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
         }
         uint64_t n = r->size - off < len ? r->size - off : len;
         if (!r->qcow2) {
-            if ((e = host_read(r, p, n, off)) < 0)
+            if ((e = blk_read(&r->blk, p, n, off)) < 0)
                 break;
             p += n, off += n, len -= n;
             continue;
@@ -519,7 +474,7 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
             memset(p, 0, m.len);
             break;
         case ZCOW_CLUSTER_NORMAL:
-            e = host_read(r, p, m.len, m.host);
+            e = blk_read(&r->blk, p, m.len, m.host);
             break;
         case ZCOW_CLUSTER_COMPRESSED:
             e = read_compressed_run(r, off, n, p, &m, &cluster);
@@ -664,7 +619,7 @@ int reader_read_compressed(struct reader *r, const struct zcow_cluster_info *inf
         len = r->file_size - info->host_offset;
     if (cap < len)
         return zerr(ENOSPC, "buffer too small for the compressed cluster");
-    int e = host_read(r, buf, len, info->host_offset);
+    int e = blk_read(&r->blk, buf, len, info->host_offset);
     return e < 0 ? e : (int)len;
 }
 
@@ -743,7 +698,7 @@ int reader_get_info(struct reader *r, struct zcow_info *info)
         if (!off)
             continue;
         if ((e = check_table(r, off, r->cluster_size, "l2 table")) < 0 ||
-            (e = host_read(r, table, r->cluster_size, off)) < 0)
+            (e = blk_read(&r->blk, table, r->cluster_size, off)) < 0)
             break;
         uint64_t n = clusters - l1i * per_table < per_table ? clusters - l1i * per_table : per_table;
         for (uint64_t i = 0; i < n; i++) {
@@ -928,7 +883,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
     uint8_t *hdr = malloc(hlen);
     if (!hdr)
         return zerr(ENOMEM, "out of memory");
-    int e = host_read(r, hdr, hlen, 0);
+    int e = blk_read(&r->blk, hdr, hlen, 0);
     if (e < 0)
         goto out;
     if (h->header_length > hlen) {
@@ -1013,7 +968,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
             e = zerr(ENOMEM, "out of memory");
             goto out;
         }
-        if ((e = host_read(r, r->l1, bytes, h->l1_table_offset)) < 0)
+        if ((e = blk_read(&r->blk, r->l1, bytes, h->l1_table_offset)) < 0)
             goto out;
         for (uint32_t i = 0; i < r->l1_size; i++)
             r->l1[i] = qcow2_be64(&r->l1[i]);
@@ -1113,7 +1068,7 @@ static int open_image(const char *path, const char *format, int direct, struct c
         goto fail;
     }
     size_t first_len = r->file_size < BLK_ALIGN ? (size_t)r->file_size : BLK_ALIGN;
-    e = host_read(r, first, BLK_ALIGN, 0);
+    e = blk_read(&r->blk, first, BLK_ALIGN, 0);
     bool magic = e >= 0 && first_len >= 4 && qcow2_be32(first) == QCOW2_MAGIC;
     if (e >= 0) {
         if (format && !strcmp(format, "qcow2") && !magic) {

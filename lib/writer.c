@@ -521,10 +521,8 @@ static int write_uncached(struct writer *w, const void *data, uint32_t len, uint
         return zerr(ENOMEM, "out of memory");
     struct range me;
     range_lock(w, &me, start, end);
-    int64_t n = blk_pread(&w->file, buf, end - start, start);
-    int r = n < 0 ? (int)n : 0;
+    int r = blk_read(&w->file, buf, end - start, start);
     if (r == 0) {
-        memset(buf + n, 0, end - start - (uint64_t)n);
         memcpy(buf + (off - start), data, len);
         r = blk_pwrite(&w->file, buf, end - start, start);
     }
@@ -736,7 +734,7 @@ int writer_write_compressed(struct writer *w, uint64_t guest_off, const void *cd
 /* ---- reads (read-your-writes) ------------------------------------------------- */
 
 /* Read host bytes: from the write cache where they still are, else from
- * the file (through an aligned bounce buffer under O_DIRECT). */
+ * the file. */
 static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
 {
     while (len > 0) {
@@ -749,19 +747,9 @@ static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
         if (n == 0) {
             uint64_t cluster_end = ((off >> w->cluster_bits) + 1) << w->cluster_bits;
             n = (uint32_t)(cluster_end - off < len ? cluster_end - off : len);
-            uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
-            uint64_t end = (off + n + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
-            uint8_t *b = blk_alloc(end - start);
-            if (!b)
-                return zerr(ENOMEM, "out of memory");
-            int64_t got = blk_pread(&w->file, b, end - start, start);
-            if (got < 0) {
-                free(b);
-                return (int)got;
-            }
-            memset(b + got, 0, end - start - (uint64_t)got);
-            memcpy(buf, b + (off - start), n);
-            free(b);
+            int r = blk_read(&w->file, buf, n, off);
+            if (r < 0)
+                return r;
         }
         off += n;
         buf += n;
