@@ -1,11 +1,24 @@
-# zcow - GNU Make build.  `make` builds build/zcow, build/libzcow.{a,so},
-# build/zcow.pc.  `make check` runs every test; `make bench` the benchmark.
+# zcow - GNU Make build.  `make` builds build/zcow, build/libzcow.a,
+# build/libzcow.so (-> libzcow.so.0 -> libzcow.so.0.MINOR.PATCH) and
+# build/zcow.pc; `make tests` the test programs too.  `make check` runs
+# every test; `make bench` the benchmark.
 # SANITIZE=address,undefined or SANITIZE=thread builds into build-$(SANITIZE).
 
 CC ?= cc
+LD ?= ld
+OBJCOPY ?= objcopy
+NM ?= nm
 PKGS := zlib libzstd libisal libnbd
 SANITIZE ?=
 VERSION := 0.1.0
+
+# The shared library: soname libzcow.so.N, file libzcow.so.N.MINOR.PATCH
+# (of VERSION).  N is the one a comment of lib/libzcow.map, where the ABI
+# is kept, names ("soname libzcow.so.N"), else 0: who breaks the ABI bumps
+# it there.
+SOMAJOR := $(or $(shell sed -n 's|.*soname:\{0,1\} *libzcow\.so\.\([0-9][0-9]*\).*|\1|p' lib/libzcow.map | head -n 1),0)
+SONAME := libzcow.so.$(SOMAJOR)
+SOFILE := $(SONAME).$(word 2,$(subst ., ,$(VERSION))).$(word 3,$(subst ., ,$(VERSION)))
 
 ifeq ($(SANITIZE),)
 BUILD ?= build
@@ -54,12 +67,27 @@ $(BUILD)/lib/fault-inject.o: lib/fault.c $(BUILD)/lib/fault-inject.d
 DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/lib/fault-inject.d
 $(DEPS):
 
-$(BUILD)/libzcow.a: $(LIB_OBJ)
-	rm -f $@ && ar rcs $@ $^
+# The static library holds one relocatable object in which only the names
+# the .so exports as default versions (NAME@@ZCOW_X.Y) stay global: no
+# internal name (source_open, zerr, ...) can collide with a program's in a
+# static link, and old versions kept for old programs (NAME@ZCOW_0.1) are
+# of no use there.
+$(BUILD)/libzcow.a: $(LIB_OBJ) $(BUILD)/$(SOFILE) Makefile
+	$(LD) -r -o $(BUILD)/libzcow.o $(LIB_OBJ)
+	$(NM) -D --defined-only -P $(BUILD)/$(SOFILE) | sed -n 's/@@.*//p' > $(BUILD)/libzcow.globals
+	$(OBJCOPY) --keep-global-symbols=$(BUILD)/libzcow.globals $(BUILD)/libzcow.o
+	rm -f $@ && ar rcs $@ $(BUILD)/libzcow.o
 
-$(BUILD)/libzcow.so: $(LIB_OBJ) lib/libzcow.map
-	$(CC) -shared -Wl,-soname,libzcow.so.0 -Wl,--version-script=lib/libzcow.map \
+# libzcow.so -> libzcow.so.N -> libzcow.so.N.MINOR.PATCH, the file.
+$(BUILD)/$(SOFILE): $(LIB_OBJ) lib/libzcow.map Makefile
+	$(CC) -shared -Wl,-soname,$(SONAME) -Wl,--version-script=lib/libzcow.map \
 	    $(ALL_LDFLAGS) -o $@ $(LIB_OBJ) $(LIBS)
+
+$(BUILD)/$(SONAME): $(BUILD)/$(SOFILE)
+	ln -sfn $(SOFILE) $@
+
+$(BUILD)/libzcow.so: $(BUILD)/$(SONAME)
+	ln -sfn $(SONAME) $@
 
 $(BUILD)/zcow: $(CLI_OBJ) $(BUILD)/libzcow.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libzcow.a $(LIBS)
