@@ -2,33 +2,11 @@
 #include "cwcache.h"
 
 #include <errno.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/uio.h>
 
 #include "error.h"
-#include "zcow.h"
-
-/* Record ERR (with the calling thread's message) as the sticky error,
- * unless there is one already.  Lock held. */
-static void set_error(struct cwcache *c, int err)
-{
-    if (err && !c->error) {
-        c->error = err;
-        snprintf(c->error_msg, sizeof(c->error_msg), "%s", zcow_get_error());
-    }
-}
-
-/* The sticky error, with its message made the calling thread's: a thread
- * returning an error it did not cause must still say what failed.  Lock
- * held. */
-static int sticky_error(struct cwcache *c)
-{
-    if (c->error)
-        zerr(-c->error, "%s", c->error_msg[0] ? c->error_msg : "an earlier write failed");
-    return c->error;
-}
 
 static unsigned hash_of(const struct cwcache *c, uint64_t index)
 {
@@ -62,6 +40,7 @@ int cw_init(struct cwcache *c, pthread_mutex_t *lock, struct blk *file, unsigned
         return zerr(ENOMEM, "out of memory");
     }
     pthread_cond_init(&c->cond, NULL);
+    zerr_first_init(&c->error);
     return 0;
 }
 
@@ -113,7 +92,7 @@ static struct cw_cluster *new_cluster(struct cwcache *c, uint64_t index)
 
 void cw_wait_for_room(struct cwcache *c)
 {
-    while (c->n_clusters >= c->max_clusters && !c->error)
+    while (c->n_clusters >= c->max_clusters && !zerr_failed(&c->error))
         pthread_cond_wait(&c->cond, c->lock);
 }
 
@@ -210,7 +189,7 @@ int cw_write_run(struct cwcache *c, const struct cw_run *run)
         while (cl->flushing)
             pthread_cond_wait(&c->cond, c->lock);
     if (!err)
-        err = sticky_error(c);
+        err = zerr_kept(&c->error);
     pthread_mutex_unlock(c->lock);
 
     uint64_t start = run->first->index << c->cluster_bits;
@@ -234,8 +213,8 @@ int cw_write_run(struct cwcache *c, const struct cw_run *run)
         free(iov);
 
     pthread_mutex_lock(c->lock);
-    set_error(c, err);
-    err = sticky_error(c);
+    zerr_keep(&c->error, err);
+    err = zerr_kept(&c->error);
     struct cw_cluster *cl = run->first;
     for (i = 0; i < run->n; i++) {
         struct cw_cluster *next = cl->run_next;
@@ -292,7 +271,7 @@ int cw_flush(struct cwcache *c)
      * more of these clusters into a new run: hand it out too, as its
      * writers may all be done and none would. */
     uint64_t limit = cached_end(c);
-    while (!c->error) {
+    while (!zerr_failed(&c->error)) {
         if (c->run.n && c->run.first->index < limit) {
             struct cw_ready ready = { .n = 0 };
             hand_out_run(c, &ready);
@@ -308,8 +287,8 @@ int cw_flush(struct cwcache *c)
         pthread_cond_wait(&c->cond, c->lock);
     }
     struct cw_cluster *cl = c->open;
-    if (c->error || !cl || cl->index >= limit || cl->end == 0) {
-        int err = sticky_error(c);
+    if (zerr_failed(&c->error) || !cl || cl->index >= limit || cl->end == 0) {
+        int err = zerr_kept(&c->error);
         pthread_mutex_unlock(c->lock);
         return err;
     }
@@ -331,8 +310,8 @@ int cw_flush(struct cwcache *c)
 
     pthread_mutex_lock(c->lock);
     cl->flushing--;
-    set_error(c, err);
-    err = sticky_error(c);
+    zerr_keep(&c->error, err);
+    err = zerr_kept(&c->error);
     pthread_cond_broadcast(&c->cond);
     pthread_mutex_unlock(c->lock);
     return err;
@@ -356,5 +335,6 @@ void cw_free(struct cwcache *c)
     free(c->hash);
     free(c->free_bufs);
     pthread_cond_destroy(&c->cond);
+    zerr_first_destroy(&c->error);
     c->hash = NULL;
 }

@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "blockio.h"
+#include "error.h"
 
 struct cw_cluster {
     uint64_t index;          /* host cluster index (offset >> cluster_bits) */
@@ -64,8 +65,7 @@ struct cwcache {
     unsigned hash_size;      /* power of two */
     uint8_t **free_bufs;     /* recycled cluster buffers */
     unsigned n_free;
-    int error;               /* sticky I/O error (negative errno), or 0 */
-    char error_msg[256];     /* its message, for every thread that returns it */
+    struct zerr_first error; /* the sticky I/O error, with its message */
 };
 
 int cw_init(struct cwcache *c, pthread_mutex_t *lock, struct blk *file, unsigned cluster_bits,

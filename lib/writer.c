@@ -78,10 +78,7 @@ struct writer {
 
     pthread_mutex_t lock;
     pthread_cond_t slot_cond;  /* a slot left SLOT_BUSY */
-    atomic_int error;          /* sticky: first failure, negative errno */
-    pthread_mutex_t error_lock; /* guards error_msg: written once, read by
-                                   every thread that returns the error */
-    char error_msg[256];
+    struct zerr_first error;   /* sticky: the first failure, with its message */
 
     /* allocator */
     uint64_t next_cluster;     /* the frontier, in clusters */
@@ -115,27 +112,10 @@ struct writer {
 
 /* ---- errors --------------------------------------------------------------- */
 
-/* Record the first failure; every later call returns it. */
-static int fail(struct writer *w, int err)
-{
-    pthread_mutex_lock(&w->error_lock);
-    int expected = 0;
-    if (atomic_compare_exchange_strong(&w->error, &expected, err))
-        strncpy(w->error_msg, zcow_get_error(), sizeof(w->error_msg) - 1);
-    pthread_mutex_unlock(&w->error_lock);
-    return err;
-}
+/* Keep the first failure; every later call returns it. */
+static int fail(struct writer *w, int err) { return zerr_keep(&w->error, err); }
 
-static int sticky(struct writer *w)
-{
-    int e = atomic_load(&w->error);
-    if (e) {
-        pthread_mutex_lock(&w->error_lock);
-        zerr(-e, "%s", w->error_msg[0] ? w->error_msg : "earlier write failed");
-        pthread_mutex_unlock(&w->error_lock);
-    }
-    return e;
-}
+static int sticky(struct writer *w) { return zerr_kept(&w->error); }
 
 /* ---- per-thread buffers ---------------------------------------------------- */
 
@@ -886,7 +866,7 @@ static void writer_free(struct writer *w)
     pthread_mutex_destroy(&w->lock);
     pthread_cond_destroy(&w->slot_cond);
     pthread_mutex_destroy(&w->range_lock);
-    pthread_mutex_destroy(&w->error_lock);
+    zerr_first_destroy(&w->error);
     pthread_cond_destroy(&w->range_cond);
     free(w);
 }
@@ -904,7 +884,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->slot_cond, NULL);
     pthread_mutex_init(&w->range_lock, NULL);
-    pthread_mutex_init(&w->error_lock, NULL);
+    zerr_first_init(&w->error);
     pthread_cond_init(&w->range_cond, NULL);
     w->file.fd = -1;
     w->cluster_bits = bits;

@@ -24,6 +24,7 @@
 #include "blockio.h"
 #include "cwcache.h"
 #include "unit.h"
+#include "zcow.h"
 
 static char tmpdir[4096];
 /* What runs now, for the watchdog's message. */
@@ -200,7 +201,7 @@ static void *sim_thread(void *arg)
 
         pthread_mutex_lock(&s->lock);
         cw_wait_for_room(&s->c);
-        if (s->c.error || s->next >= s->target) {
+        if (zerr_failed(&s->c.error) || s->next >= s->target) {
             pthread_mutex_unlock(&s->lock);
             break;
         }
@@ -340,7 +341,7 @@ static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads
     CHECKF(s->c.n_clusters == 0, "%u clusters still cached at the end", s->c.n_clusters);
     CHECK(s->c.open == NULL);
     CHECK(s->max_seen <= s->c.max_clusters);
-    CHECK(s->c.error == 0);
+    CHECK(zerr_failed(&s->c.error) == 0);
     verify_file(s, path);
     printf("  cluster %u KiB, bound %u, runs of %u, %s, %d threads: %.1f MiB in %ld appends "
            "(%ld abandoned tails), %ld flushes, %ld cached + %ld disk reads, "
@@ -659,9 +660,14 @@ static void test_sticky_readonly(void)
     int first = ready.n ? cw_write_run(&c, &ready.runs[0]) : 0;
     ready.n = 0;
     CHECKF(first < 0, "a write to a read-only descriptor succeeded (%d)", first);
-    CHECK(c.error == first);
+    CHECK(zerr_failed(&c.error) == first);
+    /* Every later call says what failed, not just that something did. */
+    char msg[512];
+    snprintf(msg, sizeof(msg), "%s", zcow_get_error());
+    CHECKF(strstr(msg, "cannot write to") != NULL, "first failure says '%s'", msg);
 
     for (int round = 0; round < 3; round++) {
+        zerr_clear();
         pthread_mutex_lock(&lock);
         cw_wait_for_room(&c); /* must not block on an error */
         CHECK(cw_append(&c, (uint64_t)(2 + round) * cs, buf, 100, &ready) == 0);
@@ -671,7 +677,10 @@ static void test_sticky_readonly(void)
         for (unsigned i = 0; i < ready.n; i++)
             CHECKF(cw_write_run(&c, &ready.runs[i]) == first, "a later write forgot the error");
         ready.n = 0;
+        CHECKF(!strcmp(zcow_get_error(), msg), "a later write says '%s'", zcow_get_error());
+        zerr_clear();
         CHECKF(cw_flush(&c) == first, "a later flush forgot the error");
+        CHECKF(!strcmp(zcow_get_error(), msg), "a later flush says '%s'", zcow_get_error());
     }
     /* A full cache after an error: writers must not wait for room that a
      * failed write will never free. */
