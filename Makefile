@@ -8,9 +8,18 @@ CC ?= cc
 LD ?= ld
 OBJCOPY ?= objcopy
 NM ?= nm
-PKGS := zlib libzstd libisal libnbd
 SANITIZE ?=
 VERSION := 0.1.0
+
+# NBD=no builds without libnbd: NBD URIs are then refused ("NBD support
+# was not built in") and `zcow --version` says -nbd.
+NBD ?= yes
+PKGS := zlib libzstd libisal
+ifeq ($(NBD),yes)
+PKGS += libnbd
+else ifneq ($(NBD),no)
+$(error NBD=$(NBD): yes or no)
+endif
 
 # The shared library: soname libzcow.so.N, file libzcow.so.N.MINOR.PATCH
 # (of VERSION).  N is the one a comment of lib/libzcow.map, where the ABI
@@ -35,15 +44,22 @@ WARN := -Wall -Wextra -Wvla -Wshadow -Wstrict-prototypes -Wmissing-prototypes
 # -MMD -MP: each object depends on the headers its source includes (the .d
 # files beside the objects, included at the end).
 ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread -MMD -MP $(WARN) $(CFLAGS) $(SAN_FLAGS) \
-              -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
+              -Iinclude -Ilib -I$(BUILD) $(shell pkg-config --cflags $(PKGS))
 LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
 ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
 
 LIB_SRC := $(sort $(wildcard lib/*.c))
+NBD_ONLY := lib/source_nbd.c tests/unit/test_source_nbd.c
+ifeq ($(NBD),no)
+LIB_SRC := $(filter-out $(NBD_ONLY),$(LIB_SRC))
+endif
 LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_SRC := $(sort $(wildcard cli/*.c))
 CLI_OBJ := $(CLI_SRC:%.c=$(BUILD)/%.o)
 UNIT_SRC := $(sort $(wildcard tests/unit/test_*.c))
+ifeq ($(NBD),no)
+UNIT_SRC := $(filter-out $(NBD_ONLY),$(UNIT_SRC))
+endif
 UNIT_BIN := $(UNIT_SRC:tests/unit/%.c=$(BUILD)/tests/%)
 HELPER_SRC := $(sort $(wildcard tests/helpers/*.c))
 HELPER_BIN := $(HELPER_SRC:tests/helpers/%.c=$(BUILD)/tests/%)
@@ -55,9 +71,20 @@ FAULT_ZCOW := $(BUILD)/tests/zcow-fault
 
 all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc
 
-$(BUILD)/%.o: %.c $(BUILD)/%.d
+$(BUILD)/%.o: %.c $(BUILD)/%.d | $(BUILD)/config.h
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -c $< -o $@
+
+# config.h: what the build was configured with (VERSION, NBD), for the
+# sources that include it; rewritten only when it changes, so that only
+# they are rebuilt (-MMD).
+CONFIG_H = printf '/* config.h - made by the Makefile: how zcow was built. */\n\043define ZCOW_VERSION_TEXT "%s"\n\043%s\n' \
+	    '$(VERSION)' '$(if $(filter yes,$(NBD)),define ZCOW_HAVE_NBD 1,undef ZCOW_HAVE_NBD /* NBD=no */)' >$@.tmp; \
+	if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; fi
+$(BUILD)/config.h: FORCE
+	@mkdir -p $(dir $@)
+	@$(CONFIG_H)
+FORCE:
 
 $(BUILD)/lib/fault-inject.o: lib/fault.c $(BUILD)/lib/fault-inject.d
 	@mkdir -p $(dir $@)
@@ -129,7 +156,7 @@ bench: all
 clean:
 	rm -rf build build-*
 
-.PHONY: all tests check demo bench clean
+.PHONY: all tests check demo bench clean FORCE
 
 # Fuzzing (libFuzzer, tests/fuzz/): the library is rebuilt with clang,
 # coverage and ASan+UBSan into build-fuzz/ and linked into each target.
@@ -140,12 +167,12 @@ FUZZ_BUILD := build-fuzz
 FUZZ_TIME ?= 60
 FUZZ_CFLAGS := -std=c11 -D_GNU_SOURCE -pthread -MMD -MP -g -O1 -fno-omit-frame-pointer $(WARN) \
                -fsanitize=address,undefined -fno-sanitize-recover=all \
-               -Iinclude -Ilib $(shell pkg-config --cflags $(PKGS))
+               -Iinclude -Ilib -I$(FUZZ_BUILD) $(shell pkg-config --cflags $(PKGS))
 FUZZ_SRC := $(sort $(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_BIN := $(FUZZ_SRC:tests/fuzz/%.c=$(FUZZ_BUILD)/%)
 FUZZ_LIB_OBJ := $(LIB_SRC:%.c=$(FUZZ_BUILD)/%.o)
 
-$(FUZZ_BUILD)/lib/%.o: lib/%.c $(FUZZ_BUILD)/lib/%.d
+$(FUZZ_BUILD)/lib/%.o: lib/%.c $(FUZZ_BUILD)/lib/%.d | $(FUZZ_BUILD)/config.h
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -c $< -o $@
 
@@ -155,6 +182,9 @@ $(FUZZ_BUILD)/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_LIB_OBJ)
 fuzz-build: $(FUZZ_BIN)
 
 .SECONDARY: $(FUZZ_LIB_OBJ)
+$(FUZZ_BUILD)/config.h: FORCE
+	@mkdir -p $(dir $@)
+	@$(CONFIG_H)
 $(FUZZ_LIB_OBJ:.o=.d):
 
 fuzz: fuzz-build

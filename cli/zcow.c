@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "commands.h"
+#include "config.h"
 #include "zcow.h"
 
 static const struct {
@@ -78,7 +79,14 @@ int main(int argc, char **argv)
         return 0;
     }
     if (!strcmp(argv[1], "--version")) {
-        printf("zcow 0.1.0\n");
+        /* The optional parts this zcow was built with (make NBD=no): the
+         * tests read this line. */
+#ifdef ZCOW_HAVE_NBD
+        const char *nbd = "+nbd";
+#else
+        const char *nbd = "-nbd";
+#endif
+        printf("zcow %s\nfeatures: %s\n", ZCOW_VERSION_TEXT, nbd);
         return 0;
     }
     struct sigaction sa = { .sa_handler = on_signal };

@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include "blockio.h"
+#include "config.h"
 #include "error.h"
 #include "qcow2.h"
 
@@ -32,6 +33,29 @@ static int probe(const char *name, const char **format)
     free(buf);
     return n < 0 ? (int)n : 0;
 }
+
+/* In source.c, not source_nbd.c: NBD URIs are told apart (and refused)
+ * without NBD support too. */
+bool source_is_nbd(const char *name)
+{
+    static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://" };
+    for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
+        if (!strncmp(name, schemes[i], strlen(schemes[i])))
+            return true;
+    return false;
+}
+
+#ifndef ZCOW_HAVE_NBD
+/* Built without libnbd (make NBD=no): source_nbd.c is left out. */
+int source_nbd_open(const char *uri, const char *bitmap, const struct zcow_nbd_tls *tls,
+                    struct source **out)
+{
+    (void)bitmap;
+    (void)tls;
+    *out = NULL;
+    return zerr(ENOTSUP, "'%s': NBD support was not built in", uri);
+}
+#endif
 
 int source_open(const char *name, const char *format, bool direct, struct source **out)
 {

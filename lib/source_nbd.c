@@ -812,15 +812,6 @@ static int tls_setup(struct nbd_src *ns, const struct zcow_nbd_tls *tls)
     return e;
 }
 
-bool source_is_nbd(const char *name)
-{
-    static const char *const schemes[] = { "nbd://", "nbds://", "nbd+unix://", "nbds+unix://" };
-    for (size_t i = 0; i < sizeof(schemes) / sizeof(schemes[0]); i++)
-        if (!strncmp(name, schemes[i], strlen(schemes[i])))
-            return true;
-    return false;
-}
-
 int source_nbd_open(const char *uri, const char *bitmap, const struct zcow_nbd_tls *tls,
                     struct source **out)
 {

@@ -16,6 +16,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io qemu-nbd
 requires_zcow
+requires_nbd_support
 
 DEPTHS="1 2 8 32"
 MAX_DEPTH=32

@@ -94,6 +94,16 @@ requires_zcow() {
     fi
 }
 
+# requires_nbd_support: the test reads NBD exports with $ZCOW, which a zcow
+# built with `make NBD=no` cannot: then it is skipped (`zcow --version`
+# says which).
+requires_nbd_support() {
+    if ! "$ZCOW" --version 2>/dev/null | grep '^features:.*+nbd' >/dev/null; then
+        echo "$TEST_NAME: skipped: $ZCOW was built without NBD support (make NBD=no)" >&2
+        exit 77
+    fi
+}
+
 # requires_fault_zcow: the test injects faults, with $FAULT_ZCOW.
 requires_fault_zcow() {
     if [ ! -x "$FAULT_ZCOW" ]; then

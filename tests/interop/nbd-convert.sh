@@ -11,6 +11,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io qemu-nbd cmp
 requires_zcow
+requires_nbd_support
 
 # nbd_start NAME QEMU-NBD-ARGS...: a read-only persistent qemu-nbd in the
 # background (--fork returns once it listens); stopped at exit.

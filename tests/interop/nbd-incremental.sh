@@ -17,6 +17,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io qemu-nbd cmp
 requires_zcow
+requires_nbd_support
 
 CL=65536
 src=$work/src.qcow2

@@ -12,6 +12,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-nbd cmp
 requires_zcow
+requires_nbd_support
 
 dst=$work/out.qcow2
 

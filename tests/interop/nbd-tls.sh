@@ -19,6 +19,7 @@
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io qemu-nbd openssl
 requires_zcow
+requires_nbd_support
 
 # ---- credentials -------------------------------------------------------------
 
