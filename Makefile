@@ -11,6 +11,16 @@ NM ?= nm
 SANITIZE ?=
 VERSION := 0.1.0
 
+# `make install`: PREFIX (/usr/local) and DESTDIR as usual; the
+# directories below may be set one by one (LIBDIR=/usr/lib/x86_64-linux-gnu).
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
+MANDIR ?= $(PREFIX)/share/man
+PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
+INSTALL ?= install
+
 # NBD=no builds without libnbd: NBD URIs are then refused ("NBD support
 # was not built in") and `zcow --version` says -nbd.
 NBD ?= yes
@@ -119,9 +129,18 @@ $(BUILD)/libzcow.so: $(BUILD)/$(SONAME)
 $(BUILD)/zcow: $(CLI_OBJ) $(BUILD)/libzcow.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libzcow.a $(LIBS)
 
-$(BUILD)/zcow.pc: Makefile
+# zcow.pc for the directories `make install` uses (PREFIX, LIBDIR, ...);
+# rewritten when they change.  Directories under PREFIX are written
+# relative to ${prefix}, as pkg-config's users expect.
+pcdir = $(patsubst $(PREFIX)/%,$${prefix}/%,$(1))
+$(BUILD)/zcow.pc: FORCE
 	@mkdir -p $(BUILD)
-	printf 'prefix=/usr/local\nlibdir=$${prefix}/lib\nincludedir=$${prefix}/include\n\nName: zcow\nDescription: compressed qcow2 writer\nVersion: $(VERSION)\nRequires.private: $(PKGS)\nLibs: -L$${libdir} -lzcow\nCflags: -I$${includedir}\n' > $@
+	@printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(call pcdir,$(LIBDIR))' \
+	    'includedir=$(call pcdir,$(INCLUDEDIR))' '' 'Name: zcow' \
+	    'Description: write compressed qcow2 images fast, through O_DIRECT' \
+	    'Version: $(VERSION)' 'Requires.private: $(PKGS)' 'Libs: -L$${libdir} -lzcow' \
+	    'Libs.private: -pthread' 'Cflags: -I$${includedir}' >$@.tmp
+	@if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv -f $@.tmp $@; fi
 
 # The test library: every object, internal symbols global (the unit tests
 # reach internal modules), fault injection in.
@@ -143,6 +162,31 @@ $(BUILD)/tests/%: tests/helpers/%.c $(TEST_LIB)
 
 tests: all $(UNIT_BIN) $(HELPER_BIN) $(FAULT_ZCOW)
 
+# The binary, the header, the libraries (the .so with its soname links),
+# zcow.pc and the man pages, under $(DESTDIR).  Run ldconfig after
+# installing into a system directory.
+MAN_PAGES := $(sort $(wildcard man/*.[1-8]))
+MAN_DIRS := $(addprefix $(DESTDIR)$(MANDIR)/man,$(sort $(subst .,,$(suffix $(MAN_PAGES)))))
+install: all
+	$(INSTALL) -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR) \
+	    $(DESTDIR)$(PKGCONFIGDIR) $(MAN_DIRS)
+	$(INSTALL) -m 755 $(BUILD)/zcow $(DESTDIR)$(BINDIR)/zcow
+	$(INSTALL) -m 644 include/zcow.h $(DESTDIR)$(INCLUDEDIR)/zcow.h
+	$(INSTALL) -m 755 $(BUILD)/$(SOFILE) $(DESTDIR)$(LIBDIR)/$(SOFILE)
+	ln -sfn $(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME)
+	ln -sfn $(SONAME) $(DESTDIR)$(LIBDIR)/libzcow.so
+	$(INSTALL) -m 644 $(BUILD)/libzcow.a $(DESTDIR)$(LIBDIR)/libzcow.a
+	$(INSTALL) -m 644 $(BUILD)/zcow.pc $(DESTDIR)$(PKGCONFIGDIR)/zcow.pc
+	for m in $(MAN_PAGES); do \
+	    $(INSTALL) -m 644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/$${m#man/} || exit 1; \
+	done
+
+uninstall:
+	rm -f $(DESTDIR)$(BINDIR)/zcow $(DESTDIR)$(INCLUDEDIR)/zcow.h \
+	    $(DESTDIR)$(LIBDIR)/$(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libzcow.so \
+	    $(DESTDIR)$(LIBDIR)/libzcow.a $(DESTDIR)$(PKGCONFIGDIR)/zcow.pc \
+	    $(foreach m,$(MAN_PAGES),$(DESTDIR)$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m)))
+
 # The whole suite: normal build, then ASan+UBSan and TSan builds.
 check:
 	tests/run.sh
@@ -156,7 +200,7 @@ bench: all
 clean:
 	rm -rf build build-*
 
-.PHONY: all tests check demo bench clean FORCE
+.PHONY: all tests install uninstall check demo bench clean FORCE
 
 # Fuzzing (libFuzzer, tests/fuzz/): the library is rebuilt with clang,
 # coverage and ASan+UBSan into build-fuzz/ and linked into each target.
