@@ -22,6 +22,7 @@
 #include "codec.h"
 #include "error.h"
 #include "qcow2.h"
+#include "qcow2_l2.h"
 #include "zcow.h"
 
 /* QEMU's limits (block/qcow2.h, block/qcow2-bitmap.c); an image beyond
@@ -43,7 +44,6 @@
 #define BME_TABLE_ALL_ONES 1ull
 #define REFT_OFFSET_MASK 0xfffffffffffffe00ull
 #define REFT_RESERVED_MASK 0x1ffull
-#define L2_BITMAP_ALL_ALLOC 0xffffffffull
 
 /* QEMU's block layer fails any request reaching past this offset
  * (BDRV_MAX_LENGTH: INT64_MAX aligned down to 1 GiB). */
@@ -66,8 +66,6 @@
 
 /* Table entries read per chunk when walking an L1 table. */
 #define L1_CHUNK 8192u
-
-enum cluster_type { T_UNALLOCATED, T_ZERO_PLAIN, T_ZERO_ALLOC, T_NORMAL, T_COMPRESSED };
 
 struct l2ref {
     uint64_t key;    /* L2 table offset + 1; 0: free slot */
@@ -383,7 +381,7 @@ static int open_header(struct check *c, const char *path)
     c->cs = 1ull << c->cb;
     c->order = h->refcount_order;
     c->ext_l2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
-    c->l2_esize = c->ext_l2 ? 16 : 8;
+    c->l2_esize = qcow2_l2_entry_bytes(c->ext_l2);
     c->l2_entries = c->cs / c->l2_esize;
     c->rb_bits = c->cb + 3 - c->order;
     c->res->cluster_size = (uint32_t)c->cs;
@@ -654,15 +652,6 @@ static int walk_l1(struct check *c, uint64_t l1_off, uint64_t l1_size, bool acti
     return r;
 }
 
-static enum cluster_type cluster_type(const struct check *c, uint64_t e)
-{
-    if (e & QCOW2_OFLAG_COMPRESSED)
-        return T_COMPRESSED;
-    if ((e & QCOW2_OFLAG_ZERO) && !c->ext_l2)
-        return (e & QCOW2_OFFSET_MASK) ? T_ZERO_ALLOC : T_ZERO_PLAIN;
-    return (e & QCOW2_OFFSET_MASK) ? T_NORMAL : T_UNALLOCATED;
-}
-
 static int try_decompress(struct check *c, uint64_t l2_off, uint64_t i, uint64_t coff,
                           uint64_t clen)
 {
@@ -707,18 +696,17 @@ static int walk_l2(struct check *c, const struct l2ref *t)
     struct zcow_check_result *res = c->res;
     uint64_t next_contiguous = 0;
     for (uint64_t i = 0; i < n; i++) {
-        const uint8_t *p = c->cluster_buf + i * c->l2_esize;
-        uint64_t e = qcow2_be64(p);
-        uint64_t bm = c->ext_l2 ? qcow2_be64(p + 8) : 0;
+        uint64_t e, bm;
+        qcow2_l2_get(c->cluster_buf, c->ext_l2, i, &e, &bm);
         if (!e && !bm)
             continue;
-        enum cluster_type type = cluster_type(c, e);
-        if (type != T_COMPRESSED && (e & QCOW2_L2E_RESERVED)) {
+        enum qcow2_cluster_type type = qcow2_cluster_type(e, c->ext_l2);
+        if (type != QCOW2_CLUSTER_COMPRESSED && (e & QCOW2_L2E_RESERVED)) {
             note(c, "ERROR found l2 entry with reserved bits set: %" PRIx64, e);
             res->corruptions += refs;
         }
         switch (type) {
-        case T_COMPRESSED: {
+        case QCOW2_CLUSTER_COMPRESSED: {
             if (e & QCOW2_OFLAG_COPIED) {
                 uint64_t coff_mask = (1ull << qcow2_csize_shift(c->cb)) - 1;
                 note(c,
@@ -749,10 +737,10 @@ static int walk_l2(struct check *c, const struct l2ref *t)
             }
             break;
         }
-        case T_ZERO_ALLOC:
-        case T_NORMAL: {
+        case QCOW2_CLUSTER_ZERO_ALLOC:
+        case QCOW2_CLUSTER_NORMAL: {
             uint64_t off = e & QCOW2_OFFSET_MASK;
-            if ((bm >> 32) & bm) {
+            if (qcow2_subcluster_type(e, bm, c->ext_l2, 0) == QCOW2_SUBCLUSTER_INVALID) {
                 note(c,
                      "ERROR offset=%" PRIx64 ": Allocated cluster has corrupted subcluster "
                      "allocation bitmap",
@@ -760,7 +748,7 @@ static int walk_l2(struct check *c, const struct l2ref *t)
                 res->corruptions += refs;
             }
             if (off & (c->cs - 1)) {
-                bool data = c->ext_l2 ? (bm & L2_BITMAP_ALL_ALLOC) : !(e & QCOW2_OFLAG_ZERO);
+                bool data = c->ext_l2 ? (bm & QCOW2_L2_BITMAP_ALL_ALLOC) : !(e & QCOW2_OFLAG_ZERO);
                 if (data)
                     note(c,
                          "ERROR offset=%" PRIx64 ": Data cluster is not properly aligned; "
@@ -793,9 +781,9 @@ static int walk_l2(struct check *c, const struct l2ref *t)
             }
             break;
         }
-        case T_ZERO_PLAIN: break;
-        case T_UNALLOCATED:
-            if (bm & L2_BITMAP_ALL_ALLOC) {
+        case QCOW2_CLUSTER_ZERO_PLAIN: break;
+        case QCOW2_CLUSTER_UNALLOCATED:
+            if (qcow2_subcluster_type(e, bm, c->ext_l2, 0) == QCOW2_SUBCLUSTER_INVALID) {
                 note(c, "ERROR: Unallocated cluster has non-zero subcluster allocation map");
                 res->corruptions += refs;
             }

@@ -28,6 +28,7 @@
 #include "codec.h"
 #include "error.h"
 #include "qcow2.h"
+#include "qcow2_l2.h"
 
 /* The chain depth QEMU would hardly reach in practice; a longer one is
  * almost surely a mistake, and it bounds the recursion of reads. */
@@ -38,8 +39,6 @@
  * (the lookup is a scan). */
 #define L2_CACHE_BYTES (32u << 20)
 #define L2_CACHE_MAX 64
-/* Extended L2: 32 subclusters per cluster. */
-#define SUBCLUSTERS 32
 /* Names of incompatible features from the feature table, for messages. */
 #define NAMES_CAP 2048
 
@@ -111,33 +110,21 @@ static int check_table(struct reader *r, uint64_t off, uint64_t len, const char 
     return 0;
 }
 
-static void decode_l2(const struct reader *r, const uint8_t *table, uint64_t i, uint64_t *entry,
-                      uint64_t *bitmap)
-{
-    if (r->ext_l2) {
-        *entry = qcow2_be64(table + 16 * i);
-        *bitmap = qcow2_be64(table + 16 * i + 8);
-    } else {
-        *entry = qcow2_be64(table + 8 * i);
-        *bitmap = 0;
-    }
-}
+/* A stretch whose subcluster bitmap the spec forbids (mapping.kind). */
+#define KIND_INVALID (-1)
 
-/* Classify an L2 entry, or one subcluster of it (SC) with extended L2. */
-static int entry_kind(const struct reader *r, uint64_t entry, uint64_t bitmap, unsigned sc)
+/* What reading a subcluster of this type does: zcow_cluster_kind. */
+static int kind_of(enum qcow2_subcluster_type t)
 {
-    if (entry & QCOW2_OFLAG_COMPRESSED)
-        return ZCOW_CLUSTER_COMPRESSED;
-    if (r->ext_l2) {
-        if (bitmap & (1ull << (32 + sc)))
-            return ZCOW_CLUSTER_ZERO;
-        if (bitmap & (1ull << sc))
-            return ZCOW_CLUSTER_NORMAL;
-        return ZCOW_CLUSTER_UNALLOCATED;
+    switch (t) {
+    case QCOW2_SUBCLUSTER_NORMAL: return ZCOW_CLUSTER_NORMAL;
+    case QCOW2_SUBCLUSTER_ZERO_PLAIN:
+    case QCOW2_SUBCLUSTER_ZERO_ALLOC: return ZCOW_CLUSTER_ZERO;
+    case QCOW2_SUBCLUSTER_UNALLOCATED_PLAIN:
+    case QCOW2_SUBCLUSTER_UNALLOCATED_ALLOC: return ZCOW_CLUSTER_UNALLOCATED;
+    case QCOW2_SUBCLUSTER_COMPRESSED: return ZCOW_CLUSTER_COMPRESSED;
+    default: return KIND_INVALID;
     }
-    if (entry & QCOW2_OFLAG_ZERO)
-        return ZCOW_CLUSTER_ZERO;
-    return (entry & QCOW2_OFFSET_MASK) ? ZCOW_CLUSTER_NORMAL : ZCOW_CLUSTER_UNALLOCATED;
 }
 
 /* The stretch of cluster I of TABLE, from byte IN of it, that reads alike
@@ -145,31 +132,26 @@ static int entry_kind(const struct reader *r, uint64_t entry, uint64_t bitmap, u
 static void map_piece(const struct reader *r, const uint8_t *table, uint64_t i, uint64_t in,
                       struct mapping *p)
 {
-    uint64_t entry, bitmap, end = r->cluster_size;
-    decode_l2(r, table, i, &entry, &bitmap);
+    uint64_t entry, bitmap;
+    enum qcow2_subcluster_type type;
+    qcow2_l2_get(table, r->ext_l2, i, &entry, &bitmap);
+    uint64_t scs = r->cluster_size / QCOW2_SUBCLUSTERS;
+    unsigned sc = r->ext_l2 ? (unsigned)(in / scs) : 0;
+    unsigned n = qcow2_subcluster_range(entry, bitmap, r->ext_l2, sc, &type);
     memset(p, 0, sizeof(*p));
     p->entry = entry;
-    if (r->ext_l2 && !(entry & QCOW2_OFLAG_COMPRESSED)) {
-        uint64_t scs = r->cluster_size / SUBCLUSTERS;
-        unsigned sc = (unsigned)(in / scs);
-        p->kind = entry_kind(r, entry, bitmap, sc);
-        unsigned last = sc + 1;
-        while (last < SUBCLUSTERS && entry_kind(r, entry, bitmap, last) == p->kind)
-            last++;
-        end = last * scs;
-    } else {
-        p->kind = entry_kind(r, entry, 0, 0);
-    }
-    p->len = end - in;
+    p->kind = kind_of(type);
+    p->len = (r->ext_l2 ? (sc + n) * scs : r->cluster_size) - in;
     if (p->kind == ZCOW_CLUSTER_NORMAL)
-        p->host = (entry & QCOW2_OFFSET_MASK) + in;
+        p->host = qcow2_l2_host(entry) + in;
 }
 
-/* A normal stretch whose host offset no valid image has. */
+/* A stretch no valid image has: a forbidden bitmap, or data at an offset
+ * that is not a cluster's. */
 static bool piece_corrupt(const struct reader *r, const struct mapping *p)
 {
-    uint64_t host = p->entry & QCOW2_OFFSET_MASK;
-    return p->kind == ZCOW_CLUSTER_NORMAL && (!host || (host & (r->cluster_size - 1)));
+    return p->kind == KIND_INVALID ||
+           (p->kind == ZCOW_CLUSTER_NORMAL && (qcow2_l2_host(p->entry) & (r->cluster_size - 1)));
 }
 
 /* Data, zero or unallocated: all a walk through the chain asks. */
@@ -211,7 +193,7 @@ static bool joins(const struct reader *r, const struct walk *w, const struct map
 static void walk_table(const struct reader *r, const uint8_t *table, struct walk *w)
 {
     uint64_t entries = 1ull << r->l2_bits;
-    decode_l2(r, table, w->i, &w->entry, &w->bitmap);
+    qcow2_l2_get(table, r->ext_l2, w->i, &w->entry, &w->bitmap);
     map_piece(r, table, w->i, w->in, &w->m);
     uint64_t i = w->i, in = w->in + w->m.len;
     w->corrupt = piece_corrupt(r, &w->m);
@@ -322,11 +304,15 @@ static int map_run(struct reader *r, uint64_t off, uint64_t max, bool by_class, 
     if (e < 0)
         return e;
     if (w.corrupt) {
-        if (!(w.m.entry & QCOW2_OFFSET_MASK))
+        uint64_t host = qcow2_l2_host(w.m.entry);
+        if (w.m.kind == KIND_INVALID && !host)
             return corrupt(r, "subcluster allocated in an unallocated cluster (guest offset %#llx)",
                            (unsigned long long)off);
+        if (w.m.kind == KIND_INVALID)
+            return corrupt(r, "subcluster both allocated and zero (guest offset %#llx)",
+                           (unsigned long long)off);
         return corrupt(r, "data cluster offset %#llx is not cluster aligned",
-                       (unsigned long long)(w.m.entry & QCOW2_OFFSET_MASK));
+                       (unsigned long long)host);
     }
     *m = w.m;
     return 0;
@@ -580,7 +566,8 @@ int reader_cluster_info(struct reader *r, uint64_t guest_offset, struct zcow_clu
     int e = l2_entry(r, ci, &entry, &bitmap);
     if (e < 0)
         return e;
-    if (entry & QCOW2_OFLAG_COMPRESSED) {
+    enum qcow2_cluster_type t = qcow2_cluster_type(entry, r->ext_l2);
+    if (t == QCOW2_CLUSTER_COMPRESSED) {
         uint64_t off, len;
         qcow2_decode_compressed(r->cluster_bits, entry, &off, &len);
         info->kind = ZCOW_CLUSTER_COMPRESSED;
@@ -588,21 +575,22 @@ int reader_cluster_info(struct reader *r, uint64_t guest_offset, struct zcow_clu
         info->compressed_len = (uint32_t)len;
         return 0;
     }
-    uint64_t host = entry & QCOW2_OFFSET_MASK;
     if (r->ext_l2) {
         /* Per cluster: any allocated data makes it normal; otherwise all
          * subclusters zero make it zero. */
-        if (host && (bitmap & 0xffffffffull))
+        if (t == QCOW2_CLUSTER_NORMAL && (bitmap & QCOW2_L2_BITMAP_ALL_ALLOC))
             info->kind = ZCOW_CLUSTER_NORMAL;
-        else if ((bitmap >> 32) == 0xffffffffull)
+        else if ((bitmap & QCOW2_L2_BITMAP_ALL_ZERO) == QCOW2_L2_BITMAP_ALL_ZERO)
             info->kind = ZCOW_CLUSTER_ZERO;
         else
             info->kind = ZCOW_CLUSTER_UNALLOCATED;
     } else {
-        info->kind = entry_kind(r, entry, 0, 0);
+        info->kind = t == QCOW2_CLUSTER_NORMAL        ? ZCOW_CLUSTER_NORMAL
+                     : t == QCOW2_CLUSTER_UNALLOCATED ? ZCOW_CLUSTER_UNALLOCATED
+                                                      : ZCOW_CLUSTER_ZERO;
     }
     if (info->kind == ZCOW_CLUSTER_NORMAL)
-        info->host_offset = host;
+        info->host_offset = qcow2_l2_host(entry);
     return 0;
 }
 
@@ -703,22 +691,23 @@ int reader_get_info(struct reader *r, struct zcow_info *info)
         uint64_t n = clusters - l1i * per_table < per_table ? clusters - l1i * per_table : per_table;
         for (uint64_t i = 0; i < n; i++) {
             uint64_t entry, bitmap;
-            decode_l2(r, table, i, &entry, &bitmap);
-            bool has_host = (entry & QCOW2_OFFSET_MASK) != 0;
-            if (entry & QCOW2_OFLAG_COMPRESSED) {
+            qcow2_l2_get(table, r->ext_l2, i, &entry, &bitmap);
+            /* A zero cluster that keeps its allocation counts as both. */
+            switch (qcow2_cluster_type(entry, r->ext_l2)) {
+            case QCOW2_CLUSTER_COMPRESSED:
                 info->clusters_compressed++;
                 info->clusters_allocated++;
-                continue;
-            }
-            /* A zero cluster that keeps its allocation counts as both. */
-            bool zero = r->ext_l2 ? (!has_host && (bitmap >> 32) != 0)
-                                  : (entry & QCOW2_OFLAG_ZERO) != 0;
-            if (zero)
-                info->clusters_zero++;
-            if (has_host) {
+                break;
+            case QCOW2_CLUSTER_ZERO_ALLOC: info->clusters_allocated++; /* fall through */
+            case QCOW2_CLUSTER_ZERO_PLAIN: info->clusters_zero++; break;
+            case QCOW2_CLUSTER_NORMAL:
                 info->clusters_allocated++;
-                if (!zero)
-                    info->clusters_normal++;
+                info->clusters_normal++;
+                break;
+            case QCOW2_CLUSTER_UNALLOCATED:
+                if (bitmap & QCOW2_L2_BITMAP_ALL_ZERO) /* extended L2 only */
+                    info->clusters_zero++;
+                break;
             }
         }
     }

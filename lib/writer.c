@@ -29,6 +29,7 @@
 #include "error.h"
 #include "fault.h"
 #include "qcow2.h"
+#include "qcow2_l2.h"
 #include "util.h"
 
 #define REFCOUNT_ORDER 4 /* 16-bit refcounts, QEMU's default */
@@ -577,7 +578,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
                 if (i == 0)
                     host = off;
             }
-            qcow2_put_be64(slot->buf + 8 * (l2_index + i), entry);
+            qcow2_l2_set(slot->buf, l2_index + i, entry);
         }
         if (r == 0) {
             slot->dirty = true;
@@ -753,19 +754,21 @@ static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
         if (r < 0)
             break;
     }
+    uint64_t bitmap;
     if (r == 0 && slot)
-        entry = qcow2_be64(slot->buf + 8 * (gci % l2_entries));
+        qcow2_l2_get(slot->buf, false, gci % l2_entries, &entry, &bitmap);
     pthread_mutex_unlock(&w->lock);
     int r2 = run_pending(w, &p);
     if (r < 0 || r2 < 0)
         return r < 0 ? r : r2;
 
-    if (entry == 0 || entry == QCOW2_OFLAG_ZERO) {
+    enum qcow2_cluster_type type = qcow2_cluster_type(entry, false);
+    if (type == QCOW2_CLUSTER_NORMAL)
+        return read_host(w, qcow2_l2_host(entry), out, w->cluster_size);
+    if (type != QCOW2_CLUSTER_COMPRESSED) { /* zero or unallocated: no backing file is read */
         memset(out, 0, w->cluster_size);
         return 0;
     }
-    if (!(entry & QCOW2_OFLAG_COMPRESSED))
-        return read_host(w, entry & QCOW2_OFFSET_MASK, out, w->cluster_size);
     uint64_t host, clen;
     qcow2_decode_compressed(w->cluster_bits, entry, &host, &clen);
     uint8_t *cbuf = malloc(clen);

@@ -405,6 +405,46 @@ static void test_subclusters(void)
     b_close(&b);
 }
 
+/* Bitmaps the spec forbids ("Extended L2 Entries": an allocated
+ * subcluster needs a host offset; a zero subcluster must not be allocated
+ * too) make the whole entry corrupt, as in QEMU: a read of any part of
+ * such a cluster fails, one of the next cluster succeeds. */
+static void test_subclusters_invalid(void)
+{
+    unsigned cb = 16;
+    uint64_t cs = 1ull << cb, scs = cs / 32;
+    const char *p = tpath(0, "sub-bad.qcow2");
+    struct builder b;
+    b_init(&b, p, cb, true, 0, 4 * cs);
+    uint8_t *data = malloc(cs);
+    memset(data, 0x5a, cs);
+    b_entry(&b, 0, 0, 1ull << 3); /* allocated, no host cluster */
+    uint64_t host = b_alloc(&b);
+    bwrite(&b, data, cs, host);
+    b_entry(&b, cs, host | QCOW2_OFLAG_COPIED, (1ull << 4) | (1ull << 36)); /* both */
+    b_normal(&b, 2 * cs, data);
+    b_finish(&b, NULL);
+
+    struct reader *r;
+    CHECK(reader_open(p, NULL, 0, &r) == 0);
+    if (r) {
+        uint8_t buf[512];
+        CHECK(reader_read(r, 3 * scs, buf, sizeof(buf)) == -EIO);
+        CHECKF(strstr(zcow_get_error(), "subcluster allocated in an unallocated cluster"), "%s",
+               zcow_get_error());
+        CHECK(reader_read(r, 10 * scs, buf, sizeof(buf)) == -EIO); /* not allocated itself */
+        CHECK(reader_read(r, cs + 20 * scs, buf, sizeof(buf)) == -EIO);
+        CHECKF(strstr(zcow_get_error(), "both allocated and zero"), "%s", zcow_get_error());
+        uint64_t len;
+        int zero;
+        CHECK(reader_extent(r, cs + 4 * scs, cs, &len, &zero) == -EIO);
+        CHECK(reader_read(r, 2 * cs + 7, buf, sizeof(buf)) == 0 && buf[0] == 0x5a);
+        reader_close(r);
+    }
+    free(data);
+    b_close(&b);
+}
+
 /* ---- A chain of three, the middle one probed ---------------------------- */
 
 static void test_chain(void)
@@ -773,6 +813,7 @@ int main(void)
     test_kinds(12, 0, false, 3, true);
     test_kinds(16, 1, true, 3, true);
     test_subclusters();
+    test_subclusters_invalid();
     test_runs();
     test_chain();
     test_parallel(false);
