@@ -45,7 +45,7 @@ static void print_json_string(const char *s)
 
 /* qemu-img prints the QDict of an ImageCheck, whose key order is that of
  * its hash table; optional fields appear only when nonzero. */
-static void print_json(const char *path, const struct zcow_check_result *r)
+static void print_json(const char *path, const zcow_check_result *r)
 {
     const char *sep = "{\n";
 #define FIELD(name, value, always)                                                                 \
@@ -55,51 +55,56 @@ static void print_json(const char *path, const struct zcow_check_result *r)
             sep = ",\n";                                                                           \
         }                                                                                          \
     } while (0)
-    FIELD("image-end-offset", r->image_end_offset, 0);
-    FIELD("compressed-clusters", r->compressed_clusters, 0);
-    FIELD("total-clusters", r->total_clusters, 0);
-    FIELD("corruptions", r->corruptions, 0);
-    FIELD("check-errors", r->check_errors, 1);
-    FIELD("leaks", r->leaks, 0);
-    FIELD("allocated-clusters", r->allocated_clusters, 0);
+    FIELD("image-end-offset", zcow_check_result_get_image_end_offset(r), 0);
+    FIELD("compressed-clusters", zcow_check_result_get_compressed_clusters(r), 0);
+    FIELD("total-clusters", zcow_check_result_get_total_clusters(r), 0);
+    FIELD("corruptions", zcow_check_result_get_corruptions(r), 0);
+    FIELD("check-errors", zcow_check_result_get_check_errors(r), 1);
+    FIELD("leaks", zcow_check_result_get_leaks(r), 0);
+    FIELD("allocated-clusters", zcow_check_result_get_allocated_clusters(r), 0);
     printf("%s    \"filename\": ", sep);
     print_json_string(path);
     printf(",\n    \"format\": \"qcow2\"");
     sep = ",\n";
-    FIELD("fragmented-clusters", r->fragmented_clusters, 0);
+    FIELD("fragmented-clusters", zcow_check_result_get_fragmented_clusters(r), 0);
 #undef FIELD
     printf("\n}\n");
 }
 
-static void print_human(const struct zcow_check_result *r)
+static void print_human(const zcow_check_result *r)
 {
-    if (!r->corruptions && !r->leaks && !r->check_errors) {
+    uint64_t corruptions = zcow_check_result_get_corruptions(r);
+    uint64_t leaks = zcow_check_result_get_leaks(r);
+    uint64_t check_errors = zcow_check_result_get_check_errors(r);
+    uint64_t total = zcow_check_result_get_total_clusters(r);
+    uint64_t allocated = zcow_check_result_get_allocated_clusters(r);
+    uint64_t fragmented = zcow_check_result_get_fragmented_clusters(r);
+    uint64_t compressed = zcow_check_result_get_compressed_clusters(r);
+    uint64_t decompress_failures = zcow_check_result_get_decompress_failures(r);
+    uint64_t image_end = zcow_check_result_get_image_end_offset(r);
+    if (!corruptions && !leaks && !check_errors) {
         printf("No errors were found on the image.\n");
     } else {
-        if (r->corruptions)
+        if (corruptions)
             printf("\n%" PRIu64 " errors were found on the image.\n"
                    "Data may be corrupted, or further writes to the image may corrupt it.\n",
-                   r->corruptions);
-        if (r->leaks)
+                   corruptions);
+        if (leaks)
             printf("\n%" PRIu64 " leaked clusters were found on the image.\n"
                    "This means waste of disk space, but no harm to data.\n",
-                   r->leaks);
-        if (r->check_errors)
-            printf("\n%" PRIu64 " internal errors have occurred during the check.\n",
-                   r->check_errors);
+                   leaks);
+        if (check_errors)
+            printf("\n%" PRIu64 " internal errors have occurred during the check.\n", check_errors);
     }
-    if (r->decompress_failures)
-        printf("%" PRIu64 " compressed clusters could not be decompressed.\n",
-               r->decompress_failures);
-    if (r->total_clusters && r->allocated_clusters)
+    if (decompress_failures)
+        printf("%" PRIu64 " compressed clusters could not be decompressed.\n", decompress_failures);
+    if (total && allocated)
         printf("%" PRIu64 "/%" PRIu64 " = %0.2f%% allocated, %0.2f%% fragmented, "
                "%0.2f%% compressed clusters\n",
-               r->allocated_clusters, r->total_clusters,
-               r->allocated_clusters * 100.0 / r->total_clusters,
-               r->fragmented_clusters * 100.0 / r->allocated_clusters,
-               r->compressed_clusters * 100.0 / r->allocated_clusters);
-    if (r->image_end_offset)
-        printf("Image end offset: %" PRIu64 "\n", r->image_end_offset);
+               allocated, total, allocated * 100.0 / total, fragmented * 100.0 / allocated,
+               compressed * 100.0 / allocated);
+    if (image_end)
+        printf("Image end offset: %" PRIu64 "\n", image_end);
 }
 
 int cmd_check(int argc, char **argv)
@@ -156,29 +161,33 @@ int cmd_check(int argc, char **argv)
         return 1;
     }
 
-    struct zcow_check_result res;
-    int r = zcow_check(path, flags, report_line, NULL, &res);
-    if (r < 0) {
+    zcow_check_result *res = zcow_check_result_new();
+    if (!res || zcow_check(path, flags, report_line, NULL, res) < 0) {
         die_msg("%s", zcow_get_error());
+        zcow_check_result_free(res);
         return 1;
     }
-    if (res.marked_corrupt)
+    if (zcow_check_result_get_marked_corrupt(res))
         fprintf(stderr, "warning: '%s' is marked corrupt (incompatible feature bit 1)\n", path);
-    if (res.marked_dirty)
+    if (zcow_check_result_get_marked_dirty(res))
         fprintf(stderr, "warning: '%s' is marked dirty: its refcounts may be stale\n", path);
     if (!quiet) {
         if (json)
-            print_json(path, &res);
+            print_json(path, res);
         else
-            print_human(&res);
+            print_human(res);
     }
-    if (res.check_errors) {
-        die_msg("check of '%s' failed: %" PRIu64 " internal errors", path, res.check_errors);
+    uint64_t check_errors = zcow_check_result_get_check_errors(res);
+    uint64_t corruptions = zcow_check_result_get_corruptions(res);
+    uint64_t leaks = zcow_check_result_get_leaks(res);
+    zcow_check_result_free(res);
+    if (check_errors) {
+        die_msg("check of '%s' failed: %" PRIu64 " internal errors", path, check_errors);
         return 1;
     }
-    if (res.corruptions)
+    if (corruptions)
         return 2;
-    if (res.leaks)
+    if (leaks)
         return 3;
     return 0;
 }

@@ -28,8 +28,10 @@ static int valid_format(const char *f) { return !strcmp(f, "raw") || !strcmp(f, 
 
 static uint64_t virtual_size(zcow_image *img)
 {
-    struct zcow_info info;
-    return zcow_get_info(img, &info) == 0 ? info.virtual_size : 0;
+    zcow_info *info = zcow_info_new();
+    uint64_t size = info && zcow_get_info(img, info) == 0 ? zcow_info_get_virtual_size(info) : 0;
+    zcow_info_free(info);
+    return size;
 }
 
 int cmd_compare(int argc, char **argv)

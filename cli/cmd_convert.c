@@ -58,9 +58,9 @@ static const char usage_text[] =
     "  checks no server certificate (it has no host name to check it for).\n";
 
 struct progress {
-    int show;          /* -p */
+    int show; /* -p */
     int tty;
-    int fd;            /* --progress-fd, or -1 */
+    int fd; /* --progress-fd, or -1 */
     int last_fd_pct;
     double last_pct;
     struct timespec start;
@@ -103,7 +103,7 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
 
 /* -o cluster_size=N,compression_type=T (parsed in a copy: argv stays as
  * it was, for ps) */
-static int parse_o(const char *optarg_text, struct zcow_create_options *c)
+static int parse_o(const char *optarg_text, zcow_create_opts *c)
 {
     char arg[1024];
     snprintf(arg, sizeof(arg), "%s", optarg_text);
@@ -116,16 +116,16 @@ static int parse_o(const char *optarg_text, struct zcow_create_options *c)
         *v++ = 0;
         unsigned long long n;
         if (!strcmp(kv, "cluster_size")) {
-            if (parse_size(v, &n) < 0 || n > (1u << 21) || n < 4096 || (n & (n - 1))) {
+            if (parse_size(v, &n) < 0 || n > UINT32_MAX ||
+                zcow_create_opts_set_cluster_size(c, (uint32_t)n) < 0) {
                 die_msg("cluster_size '%s' must be a power of two from 4k to 2M", v);
                 return -1;
             }
-            c->cluster_size = (uint32_t)n;
         } else if (!strcmp(kv, "compression_type")) {
             if (!strcmp(v, "zlib"))
-                c->compression_type = ZCOW_COMPRESSION_ZLIB;
+                zcow_create_opts_set_compression_type(c, ZCOW_COMPRESSION_ZLIB);
             else if (!strcmp(v, "zstd"))
-                c->compression_type = ZCOW_COMPRESSION_ZSTD;
+                zcow_create_opts_set_compression_type(c, ZCOW_COMPRESSION_ZSTD);
             else {
                 die_msg("compression_type '%s' is not zlib or zstd", v);
                 return -1;
@@ -136,6 +136,13 @@ static int parse_o(const char *optarg_text, struct zcow_create_options *c)
         }
     }
     return 0;
+}
+
+/* As the library tells NBD sources from files. */
+static int is_nbd_uri(const char *s)
+{
+    return !strncmp(s, "nbd://", 6) || !strncmp(s, "nbds://", 7) ||
+           !strncmp(s, "nbd+unix://", 11) || !strncmp(s, "nbds+unix://", 12);
 }
 
 static int parse_cache(const char *v, int *mode, const char *flag)
@@ -198,105 +205,172 @@ int cmd_convert(int argc, char **argv)
         { "tls-username", required_argument, NULL, OPT_TLS_USERNAME },
         { NULL, 0, NULL, 0 },
     };
-    struct zcow_convert_options o;
-    zcow_convert_options_init(&o);
+    /* Strings are kept as given until the command line's own checks are
+     * done, then set in the order zcow_convert() used to check them. */
+    struct {
+        const char *src_format, *dst_format, *backing_file, *backing_format, *bitmap;
+        const char *tls_certificates, *tls_psk_file, *tls_username;
+        int cache_mode, drop_pages;
+    } a = { .dst_format = "qcow2", .cache_mode = ZCOW_CACHE_NONE };
+    zcow_create_opts *c = zcow_create_opts_new();
+    zcow_convert_opts *o = zcow_convert_opts_new();
+    zcow_convert_stats *st = zcow_convert_stats_new();
     struct progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
-    int quiet = 0, c;
+    int quiet = 0, ch, rc = 1;
     long n;
+    if (!c || !o || !st) {
+        die_msg("%s", zcow_get_error());
+        goto out;
+    }
     optind = 1;
-    while ((c = getopt_long(argc, argv, "hf:O:co:l:j:t:T:pqm:WB:F:", longopts, NULL)) != -1) {
-        switch (c) {
-        case 'h': fputs(usage_text, stdout); return 0;
-        case 'f': o.src_format = optarg; break;
-        case 'O': o.dst_format = optarg; break;
+    while ((ch = getopt_long(argc, argv, "hf:O:co:l:j:t:T:pqm:WB:F:", longopts, NULL)) != -1) {
+        switch (ch) {
+        case 'h':
+            fputs(usage_text, stdout);
+            rc = 0;
+            goto out;
+        case 'f': a.src_format = optarg; break;
+        case 'O': a.dst_format = optarg; break;
         case 'c': break;
-        case 'o': if (parse_o(optarg, &o.create) < 0) return 1; break;
+        case 'o':
+            if (parse_o(optarg, c) < 0)
+                goto out;
+            break;
         case 'l':
-            if (parse_int(optarg, 0, 19, &n, "level") < 0) return 1;
-            o.create.level = (int)n;
+            if (parse_int(optarg, 0, 19, &n, "level") < 0)
+                goto out;
+            zcow_create_opts_set_level(c, (int)n);
             break;
         case 'j':
-            if (parse_int(optarg, 1, 256, &n, "-j") < 0) return 1;
-            o.threads = (int)n;
+            if (parse_int(optarg, 1, 256, &n, "-j") < 0)
+                goto out;
+            zcow_convert_opts_set_threads(o, (int)n);
             break;
-        case 't': if (parse_cache(optarg, &o.create.cache_mode, "-t") < 0) return 1; break;
-        case 'T': if (parse_cache(optarg, &o.src_cache, "-T") < 0) return 1; break;
+        case 't':
+            if (parse_cache(optarg, &a.cache_mode, "-t") < 0)
+                goto out;
+            break;
+        case 'T': {
+            int mode;
+            if (parse_cache(optarg, &mode, "-T") < 0)
+                goto out;
+            zcow_convert_opts_set_src_cache(o, mode);
+            break;
+        }
         case 'p': prog.show = 1; break;
         case 'q': quiet = 1; break;
-        case 'm': case 'W': break; /* qemu-img's parallelism flags: zcow has -j */
+        case 'm':
+        case 'W': break; /* qemu-img's parallelism flags: zcow has -j */
         case OPT_WRITE_CACHE:
             if (strcmp(optarg, "on") && strcmp(optarg, "off")) {
                 die_msg("--write-cache '%s' must be on or off", optarg);
-                return 1;
+                goto out;
             }
-            o.create.write_cache = !strcmp(optarg, "on");
+            zcow_create_opts_set_write_cache(c, !strcmp(optarg, "on"));
             break;
-        case OPT_DROP_PAGES: o.create.drop_pages = 1; break;
-        case 'B': o.create.backing_file = optarg; break;
-        case 'F': o.create.backing_format = optarg; break;
-        case OPT_BITMAP: o.bitmap = optarg; break;
-        case OPT_TLS_CERTIFICATES: o.nbd_tls.certificates = optarg; break;
-        case OPT_TLS_PSK_FILE: o.nbd_tls.psk_file = optarg; break;
-        case OPT_TLS_USERNAME: o.nbd_tls.username = optarg; break;
+        case OPT_DROP_PAGES: a.drop_pages = 1; break;
+        case 'B': a.backing_file = optarg; break;
+        case 'F': a.backing_format = optarg; break;
+        case OPT_BITMAP: a.bitmap = optarg; break;
+        case OPT_TLS_CERTIFICATES: a.tls_certificates = optarg; break;
+        case OPT_TLS_PSK_FILE: a.tls_psk_file = optarg; break;
+        case OPT_TLS_USERNAME: a.tls_username = optarg; break;
         case OPT_PROGRESS_FD:
-            if (parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0) return 1;
+            if (parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0)
+                goto out;
             prog.fd = (int)n;
             break;
-        default: fputs(usage_text, stderr); return 1;
+        default: fputs(usage_text, stderr); goto out;
         }
     }
     if (argc - optind != 2) {
         die_msg("convert needs a source and a destination ('zcow convert --help')");
-        return 1;
+        goto out;
     }
-    o.src = argv[optind];
-    o.dst = argv[optind + 1];
-    if (strcmp(o.dst_format, "qcow2") && strcmp(o.dst_format, "raw")) {
-        die_msg("output format '%s' is not qcow2 or raw", o.dst_format);
-        return 1;
+    const char *src = argv[optind], *dst = argv[optind + 1];
+    if (strcmp(a.dst_format, "qcow2") && strcmp(a.dst_format, "raw")) {
+        die_msg("output format '%s' is not qcow2 or raw", a.dst_format);
+        goto out;
     }
-    if (o.create.drop_pages && o.create.cache_mode != ZCOW_CACHE_WRITEBACK) {
+    if (a.drop_pages && a.cache_mode != ZCOW_CACHE_WRITEBACK) {
         die_msg("--drop-pages needs -t writeback (O_DIRECT leaves no pages)");
-        return 1;
+        goto out;
     }
-    if (o.bitmap && !o.create.backing_file) {
+    if (a.bitmap && !a.backing_file) {
         die_msg("--bitmap needs -B PREVIOUS (the backup the clean clusters are read from)");
-        return 1;
+        goto out;
     }
-    if (o.create.backing_format && !o.create.backing_file) {
+    if (a.backing_format && !a.backing_file) {
         die_msg("-F needs -B BACKING");
-        return 1;
+        goto out;
     }
-    const char *tls_opt = o.nbd_tls.certificates ? "--tls-certificates"
-                          : o.nbd_tls.psk_file   ? "--tls-psk-file"
-                          : o.nbd_tls.username   ? "--tls-username"
-                                                 : NULL;
-    if (tls_opt && strncmp(o.src, "nbds://", 7) && strncmp(o.src, "nbds+unix://", 12)) {
-        die_msg("%s needs an NBD URI with TLS (nbds:// or nbds+unix://), not '%s'", tls_opt, o.src);
-        return 1;
+    const char *tls_opt = a.tls_certificates ? "--tls-certificates"
+                          : a.tls_psk_file   ? "--tls-psk-file"
+                          : a.tls_username   ? "--tls-username"
+                                             : NULL;
+    if (tls_opt && strncmp(src, "nbds://", 7) && strncmp(src, "nbds+unix://", 12)) {
+        die_msg("%s needs an NBD URI with TLS (nbds:// or nbds+unix://), not '%s'", tls_opt, src);
+        goto out;
+    }
+    /* The setters refuse what zcow_convert() refused; the messages are
+     * those it gave. */
+    if (zcow_create_opts_set_backing_file(c, a.backing_file) < 0) {
+        if (a.backing_file && !*a.backing_file)
+            die_msg("empty backing file name");
+        else
+            die_msg("%s", zcow_get_error());
+        goto out;
+    }
+    if (zcow_create_opts_set_backing_format(c, a.backing_format) < 0) {
+        die_msg("unknown backing format '%s' (qcow2 or raw)", a.backing_format);
+        goto out;
+    }
+    if (zcow_convert_opts_set_src_format(o, a.src_format) < 0) {
+        if (is_nbd_uri(src))
+            die_msg("'%s': an NBD export is read as raw, not '%s'", src, a.src_format);
+        else
+            die_msg("'%s': unknown source format '%s' (raw or qcow2)", src, a.src_format);
+        goto out;
+    }
+    if (zcow_create_opts_set_cache_mode(c, a.cache_mode) < 0 ||
+        zcow_create_opts_set_drop_pages(c, a.drop_pages) < 0 ||
+        zcow_convert_opts_set_create(o, c) < 0 || zcow_convert_opts_set_src(o, src) < 0 ||
+        zcow_convert_opts_set_dst(o, dst) < 0 ||
+        zcow_convert_opts_set_dst_format(o, a.dst_format) < 0 ||
+        zcow_convert_opts_set_bitmap(o, a.bitmap) < 0 ||
+        zcow_convert_opts_set_tls_certificates(o, a.tls_certificates) < 0 ||
+        zcow_convert_opts_set_tls_psk_file(o, a.tls_psk_file) < 0 ||
+        zcow_convert_opts_set_tls_username(o, a.tls_username) < 0) {
+        die_msg("%s", zcow_get_error());
+        goto out;
     }
     prog.tty = isatty(STDERR_FILENO);
     clock_gettime(CLOCK_MONOTONIC, &prog.start);
-    if (prog.show || prog.fd >= 0) {
-        o.progress = on_progress;
-        o.progress_opaque = &prog;
-    }
-    struct zcow_convert_stats st;
-    int r = zcow_convert(&o, &st);
+    if (prog.show || prog.fd >= 0)
+        zcow_convert_opts_set_progress(o, on_progress, &prog);
+    int r = zcow_convert(o, st);
     if (prog.show)
         fputs(prog.tty ? "\n" : "    (100.00/100%)\n", prog.tty ? stderr : stdout);
     if (r < 0) {
         die_msg("%s", zcow_get_error());
-        return 1;
+        goto out;
     }
     if (!quiet) {
         char in[32], out[32];
-        human_bytes(st.bytes_in, in, sizeof(in));
-        human_bytes(st.bytes_out, out, sizeof(out));
-        double ratio = st.bytes_out ? (double)st.bytes_in / (double)st.bytes_out : 0;
-        double rate = st.seconds > 0 ? (double)st.bytes_in / st.seconds / (1 << 20) : 0;
-        printf("%s: %s in, %s out, ratio %.2f, %.2f s, %.1f MiB/s\n", o.dst, in, out, ratio,
-               st.seconds, rate);
+        uint64_t bytes_in = zcow_convert_stats_get_bytes_in(st);
+        uint64_t bytes_out = zcow_convert_stats_get_bytes_out(st);
+        double seconds = zcow_convert_stats_get_seconds(st);
+        human_bytes(bytes_in, in, sizeof(in));
+        human_bytes(bytes_out, out, sizeof(out));
+        double ratio = bytes_out ? (double)bytes_in / (double)bytes_out : 0;
+        double rate = seconds > 0 ? (double)bytes_in / seconds / (1 << 20) : 0;
+        printf("%s: %s in, %s out, ratio %.2f, %.2f s, %.1f MiB/s\n", dst, in, out, ratio, seconds,
+               rate);
     }
-    return 0;
+    rc = 0;
+out:
+    zcow_convert_stats_free(st);
+    zcow_convert_opts_free(o);
+    zcow_create_opts_free(c);
+    return rc;
 }

@@ -46,125 +46,140 @@ static void json_string(const char *s)
 static const char *compression_name(int type) { return type == 1 ? "zstd" : "zlib"; }
 static const char *bool_str(int v) { return v ? "true" : "false"; }
 
-static void print_json(const char *name, const struct zcow_info *in, const char *indent)
+static void print_json(const char *name, const zcow_info *in, const char *indent)
 {
-    int qcow2 = !strcmp(in->format, "qcow2");
+    const char *format = zcow_info_get_format(in);
+    const char *backing_file = zcow_info_get_backing_file(in);
+    const char *backing_path = zcow_info_get_backing_path(in);
+    const char *backing_format = zcow_info_get_backing_format(in);
+    int qcow2 = !strcmp(format, "qcow2");
     printf("%s{\n", indent);
-    printf("%s    \"virtual-size\": %llu,\n", indent, (unsigned long long)in->virtual_size);
+    printf("%s    \"virtual-size\": %llu,\n", indent,
+           (unsigned long long)zcow_info_get_virtual_size(in));
     printf("%s    \"filename\": ", indent);
     json_string(name);
     printf(",\n");
     if (qcow2)
-        printf("%s    \"cluster-size\": %u,\n", indent, in->cluster_size);
-    printf("%s    \"format\": \"%s\",\n", indent, in->format);
-    printf("%s    \"actual-size\": %llu,\n", indent, (unsigned long long)in->actual_size);
-    if (in->backing_file) {
+        printf("%s    \"cluster-size\": %u,\n", indent, zcow_info_get_cluster_size(in));
+    printf("%s    \"format\": \"%s\",\n", indent, format);
+    printf("%s    \"actual-size\": %llu,\n", indent,
+           (unsigned long long)zcow_info_get_actual_size(in));
+    if (backing_file) {
         printf("%s    \"backing-filename\": ", indent);
-        json_string(in->backing_file);
+        json_string(backing_file);
         printf(",\n%s    \"full-backing-filename\": ", indent);
-        json_string(in->backing_path ? in->backing_path : in->backing_file);
+        json_string(backing_path ? backing_path : backing_file);
         printf(",\n");
-        if (in->backing_format) {
+        if (backing_format) {
             printf("%s    \"backing-filename-format\": ", indent);
-            json_string(in->backing_format);
+            json_string(backing_format);
             printf(",\n");
         }
     }
     if (qcow2) {
+        const char *ctype = compression_name(zcow_info_get_compression_type(in));
         printf("%s    \"format-specific\": {\n", indent);
         printf("%s        \"type\": \"qcow2\",\n", indent);
         printf("%s        \"data\": {\n", indent);
-        if (in->version >= 3) {
+        if (zcow_info_get_version(in) >= 3) {
             printf("%s            \"compat\": \"1.1\",\n", indent);
-            printf("%s            \"compression-type\": \"%s\",\n", indent,
-                   compression_name(in->compression_type));
-            printf("%s            \"lazy-refcounts\": %s,\n", indent, bool_str(in->lazy_refcounts));
-            printf("%s            \"refcount-bits\": %d,\n", indent, in->refcount_bits);
-            printf("%s            \"corrupt\": %s,\n", indent, bool_str(in->corrupt));
-            printf("%s            \"extended-l2\": %s\n", indent, bool_str(in->extended_l2));
+            printf("%s            \"compression-type\": \"%s\",\n", indent, ctype);
+            printf("%s            \"lazy-refcounts\": %s,\n", indent,
+                   bool_str(zcow_info_get_lazy_refcounts(in)));
+            printf("%s            \"refcount-bits\": %d,\n", indent,
+                   zcow_info_get_refcount_bits(in));
+            printf("%s            \"corrupt\": %s,\n", indent, bool_str(zcow_info_get_corrupt(in)));
+            printf("%s            \"extended-l2\": %s\n", indent,
+                   bool_str(zcow_info_get_extended_l2(in)));
         } else {
             printf("%s            \"compat\": \"0.10\",\n", indent);
-            printf("%s            \"compression-type\": \"%s\",\n", indent,
-                   compression_name(in->compression_type));
-            printf("%s            \"refcount-bits\": %d\n", indent, in->refcount_bits);
+            printf("%s            \"compression-type\": \"%s\",\n", indent, ctype);
+            printf("%s            \"refcount-bits\": %d\n", indent,
+                   zcow_info_get_refcount_bits(in));
         }
         printf("%s        }\n", indent);
         printf("%s    },\n", indent);
         printf("%s    \"zcow\": {\n", indent);
         printf("%s        \"allocated-clusters\": %llu,\n", indent,
-               (unsigned long long)in->clusters_allocated);
+               (unsigned long long)zcow_info_get_clusters_allocated(in));
         printf("%s        \"compressed-clusters\": %llu,\n", indent,
-               (unsigned long long)in->clusters_compressed);
+               (unsigned long long)zcow_info_get_clusters_compressed(in));
         printf("%s        \"normal-clusters\": %llu,\n", indent,
-               (unsigned long long)in->clusters_normal);
+               (unsigned long long)zcow_info_get_clusters_normal(in));
         printf("%s        \"zero-clusters\": %llu,\n", indent,
-               (unsigned long long)in->clusters_zero);
-        printf("%s        \"file-size\": %llu\n", indent, (unsigned long long)in->file_size);
+               (unsigned long long)zcow_info_get_clusters_zero(in));
+        printf("%s        \"file-size\": %llu\n", indent,
+               (unsigned long long)zcow_info_get_file_size(in));
         printf("%s    },\n", indent);
     }
-    printf("%s    \"dirty-flag\": %s\n", indent, bool_str(in->dirty));
+    printf("%s    \"dirty-flag\": %s\n", indent, bool_str(zcow_info_get_dirty(in)));
     printf("%s}", indent);
 }
 
-static void print_human(const char *name, const struct zcow_info *in)
+static void print_human(const char *name, const zcow_info *in)
 {
     char vs[32], ds[32];
-    human_size(in->virtual_size, vs, sizeof(vs));
-    human_size(in->actual_size, ds, sizeof(ds));
+    const char *format = zcow_info_get_format(in);
+    const char *backing_file = zcow_info_get_backing_file(in);
+    const char *backing_path = zcow_info_get_backing_path(in);
+    const char *backing_format = zcow_info_get_backing_format(in);
+    uint64_t virtual_size = zcow_info_get_virtual_size(in);
+    int v3 = zcow_info_get_version(in) >= 3;
+    human_size(virtual_size, vs, sizeof(vs));
+    human_size(zcow_info_get_actual_size(in), ds, sizeof(ds));
     printf("image: %s\n", name);
-    printf("file format: %s\n", in->format);
-    printf("virtual size: %s (%llu bytes)\n", vs, (unsigned long long)in->virtual_size);
+    printf("file format: %s\n", format);
+    printf("virtual size: %s (%llu bytes)\n", vs, (unsigned long long)virtual_size);
     printf("disk size: %s\n", ds);
-    if (strcmp(in->format, "qcow2"))
+    if (strcmp(format, "qcow2"))
         return;
-    printf("cluster_size: %u\n", in->cluster_size);
-    if (in->backing_file) {
-        printf("backing file: %s", in->backing_file);
-        if (in->backing_path && strcmp(in->backing_path, in->backing_file))
-            printf(" (actual path: %s)", in->backing_path);
+    printf("cluster_size: %u\n", zcow_info_get_cluster_size(in));
+    if (backing_file) {
+        printf("backing file: %s", backing_file);
+        if (backing_path && strcmp(backing_path, backing_file))
+            printf(" (actual path: %s)", backing_path);
         printf("\n");
-        if (in->backing_format)
-            printf("backing file format: %s\n", in->backing_format);
+        if (backing_format)
+            printf("backing file format: %s\n", backing_format);
     }
     printf("Format specific information:\n");
-    printf("    compat: %s\n", in->version >= 3 ? "1.1" : "0.10");
-    printf("    compression type: %s\n", compression_name(in->compression_type));
-    if (in->version >= 3)
-        printf("    lazy refcounts: %s\n", bool_str(in->lazy_refcounts));
-    printf("    refcount bits: %d\n", in->refcount_bits);
-    if (in->version >= 3) {
-        printf("    corrupt: %s\n", bool_str(in->corrupt));
-        printf("    extended l2: %s\n", bool_str(in->extended_l2));
+    printf("    compat: %s\n", v3 ? "1.1" : "0.10");
+    printf("    compression type: %s\n", compression_name(zcow_info_get_compression_type(in)));
+    if (v3)
+        printf("    lazy refcounts: %s\n", bool_str(zcow_info_get_lazy_refcounts(in)));
+    printf("    refcount bits: %d\n", zcow_info_get_refcount_bits(in));
+    if (v3) {
+        printf("    corrupt: %s\n", bool_str(zcow_info_get_corrupt(in)));
+        printf("    extended l2: %s\n", bool_str(zcow_info_get_extended_l2(in)));
     }
     printf("Clusters (zcow):\n");
-    printf("    allocated: %llu\n", (unsigned long long)in->clusters_allocated);
-    printf("    compressed: %llu\n", (unsigned long long)in->clusters_compressed);
-    printf("    normal: %llu\n", (unsigned long long)in->clusters_normal);
-    printf("    zero: %llu\n", (unsigned long long)in->clusters_zero);
-    printf("    file size: %llu\n", (unsigned long long)in->file_size);
-    if (in->dirty)
+    printf("    allocated: %llu\n", (unsigned long long)zcow_info_get_clusters_allocated(in));
+    printf("    compressed: %llu\n", (unsigned long long)zcow_info_get_clusters_compressed(in));
+    printf("    normal: %llu\n", (unsigned long long)zcow_info_get_clusters_normal(in));
+    printf("    zero: %llu\n", (unsigned long long)zcow_info_get_clusters_zero(in));
+    printf("    file size: %llu\n", (unsigned long long)zcow_info_get_file_size(in));
+    if (zcow_info_get_dirty(in))
         printf("dirty flag: true\n");
 }
 
-/* Describe IMG, known to the user as NAME. */
-static int describe(zcow_image *img, const char *name, int json, int first, int in_array)
+/* Describe IMG, known to the user as NAME; INFO is left filled for IMG. */
+static int describe(zcow_image *img, zcow_info *info, const char *name, int json, int first,
+                    int in_array)
 {
-    struct zcow_info info;
-    memset(&info, 0, sizeof(info));
-    if (zcow_get_info(img, &info) < 0) {
+    if (zcow_get_info(img, info) < 0) {
         die_msg("%s", zcow_get_error());
         return -1;
     }
     if (json) {
         if (in_array)
             printf(first ? "[\n" : ",\n");
-        print_json(name, &info, in_array ? "    " : "");
+        print_json(name, info, in_array ? "    " : "");
         if (!in_array)
             printf("\n");
     } else {
         if (!first)
             printf("\n");
-        print_human(name, &info);
+        print_human(name, info);
     }
     return 0;
 }
@@ -192,18 +207,10 @@ int cmd_info(int argc, char **argv)
                 return 1;
             }
             break;
-        case 'f':
-            format = optarg;
-            break;
-        case 'b':
-            chain = 1;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        default:
-            usage(stderr);
-            return 1;
+        case 'f': format = optarg; break;
+        case 'b': chain = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 1;
         }
     }
     if (optind != argc - 1) {
@@ -213,6 +220,11 @@ int cmd_info(int argc, char **argv)
 
     /* The chain is opened once, with the top image; each image below is
      * named as the one above resolves it. */
+    zcow_info *info = zcow_info_new();
+    if (!info) {
+        die_msg("%s", zcow_get_error());
+        return 1;
+    }
     zcow_image *top;
     if (zcow_open(argv[optind], format, 0, &top) < 0) {
         const char *msg = zcow_get_error();
@@ -220,26 +232,27 @@ int cmd_info(int argc, char **argv)
             die_msg("%s", msg);
         else
             die_msg("cannot open '%s'", argv[optind]);
+        zcow_info_free(info);
         return 1;
     }
     int rc = 0;
     const char *name = argv[optind];
     zcow_image *img = top;
     for (int i = 0; img; i++) {
-        if (describe(img, name, json, i == 0, chain) < 0) {
+        if (describe(img, info, name, json, i == 0, chain) < 0) {
             rc = 1;
             break;
         }
         if (!chain)
             break;
-        struct zcow_info info;
-        if (zcow_get_info(img, &info) < 0)
-            break;
-        name = info.backing_path ? info.backing_path : info.backing_file;
+        /* The names belong to the chain: they live until zcow_close(top). */
+        name = zcow_info_get_backing_path(info) ? zcow_info_get_backing_path(info)
+                                                : zcow_info_get_backing_file(info);
         img = zcow_get_backing(img);
     }
     if (json && chain && rc == 0)
         printf("\n]\n");
     zcow_close(top);
+    zcow_info_free(info);
     return rc;
 }

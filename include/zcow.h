@@ -1,18 +1,61 @@
-/* zcow.h - write compressed qcow2 images fast, through O_DIRECT.
+/* zcow.h - write compressed qcow2 images fast, through O_DIRECT; read,
+ * check and compare qcow2 and raw images.
+ *
+ * Link with -lzcow (pkg-config zcow).  Everything here has the zcow_
+ * prefix; nothing else is exported.
+ *
+ * Objects.  Every structure the library reads or fills is allocated by
+ * the library and reached through functions: options are set with
+ * zcow_*_opts_set_*() and read back with zcow_*_opts_get_*(); results
+ * (image information, check results, conversion statistics) are read with
+ * getters.  The caller never sees a layout, so a later version can add
+ * options and results without breaking a program built against this
+ * header: an option added later is a new function (under a new symbol
+ * version), and its default is what the library did before.  Each
+ * zcow_X_new() returns NULL when out of memory (zcow_get_error() says so);
+ * each zcow_X_free() accepts NULL.
+ *
+ * Why setters, not a string interface (zcow_opts_set(o, "cluster_size",
+ * "64k")) and not caller-sized structures: a typed setter is checked by
+ * the compiler, documents its range here, refuses a bad value at the
+ * line that sets it (-EINVAL, naming the option and the value), and is a
+ * symbol the build's ABI check sees; a structure whose first member is
+ * the caller's sizeof can only grow at its end and checks nothing until
+ * it is used.  A program that reads options as text (a command line, an
+ * nbdkit plugin's key=value) parses the few it knows and calls the
+ * setters.
  *
  * Error handling: every call that can fail returns 0 (or a non-negative
  * count) on success and a negative errno on failure.  The message of the
- * last failure in the calling thread, naming the file and the cause, is
- * returned by zcow_get_error().
+ * last failure in the calling thread, naming the file or the option and
+ * the cause, is returned by zcow_get_error().  Nothing is printed, but
+ * one notice when O_DIRECT is refused (see zcow_create()).
  *
- * Thread safety: zcow_write_cluster(), zcow_write_compressed(), zcow_read()
- * and zcow_flush() may be called from many threads at once on one handle.
- * zcow_close() and zcow_abort() must not race with any other call on the
- * same handle.  Different handles are independent.
+ * Thread safety: zcow_write_cluster(), zcow_write(), zcow_write_compressed(),
+ * zcow_read() and zcow_flush() may be called from many threads at once on
+ * one image handle.  zcow_close() and zcow_abort() must not race with any
+ * other call on the same handle.  Different handles are independent.  An
+ * options or result object belongs to one thread at a time: do not set
+ * (or fill) it while another thread uses it; reading its getters from many
+ * threads at once is safe.
+ *
+ * ABI versions: the symbols of the first release carry the version node
+ * ZCOW_0.1, those added or changed in 0.2 carry ZCOW_0.2 (lib/libzcow.map;
+ * the soname stays libzcow.so.0).  A program built against the 0.1 header,
+ * whose structures (struct zcow_create_options, struct zcow_info, ...)
+ * were allocated by the program, keeps running with this library: its
+ * calls bind to the ZCOW_0.1 versions, which read and write only the
+ * structures as 0.1 released them.  The fields added to them later under
+ * the same node (zcow_info's backing_path, dirty and lazy_refcounts;
+ * zcow_convert_options' bitmap and nbd_tls) are not served there, since
+ * the library cannot know whether the program's structure has them: they
+ * are left as the program set them and ignored.  Rebuild against this
+ * header to use them.
  */
 #ifndef ZCOW_H
 #define ZCOW_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -26,6 +69,7 @@ extern "C" {
 #define ZCOW_API
 #endif
 
+/* An image being written (zcow_create()) or open for reading (zcow_open()). */
 typedef struct zcow_image zcow_image;
 
 enum zcow_compression {
@@ -40,35 +84,88 @@ enum zcow_cache_mode {
 
 #define ZCOW_LEVEL_DEFAULT (-1)
 
-struct zcow_create_options {
-    uint64_t virtual_size;    /* bytes, multiple of 512 */
-    uint32_t cluster_size;    /* power of two, 4 KiB .. 2 MiB; 0 = 64 KiB */
-    int compression_type;     /* enum zcow_compression */
-    int level;                /* codec level, ZCOW_LEVEL_DEFAULT = tuned default */
-    int cache_mode;           /* enum zcow_cache_mode */
-    int write_cache;          /* 1 (default): the compressed write cache;
-                                 0: each chunk written where it lands */
-    int drop_pages;           /* with ZCOW_CACHE_WRITEBACK: drop each written
-                                 host cluster from the page cache */
-    unsigned cache_clusters;  /* bound on cached host clusters; 0 = default */
-    int atomic;               /* 1: write a temporary file beside the path and
-                                 rename it over the path on a successful
-                                 zcow_close(); removed by zcow_abort() */
-    const char *backing_file; /* NULL: none (unallocated reads as zero) */
-    const char *backing_format; /* "qcow2" or "raw", with backing_file */
-};
+/* The message of the last failure in this thread ("" if none). */
+ZCOW_API const char *zcow_get_error(void);
 
-/* Fill OPTS with the defaults: 64 KiB clusters, zlib, default level,
- * O_DIRECT target, write cache on, not atomic.  virtual_size is 0. */
-ZCOW_API void zcow_create_options_init(struct zcow_create_options *opts);
+/* ---- Options of a new image ----------------------------------------------------------- */
 
-/* Create a qcow2 v3 image at PATH for compressed writes.
- * Errors: -EINVAL (bad option), -EFBIG (virtual size beyond the format),
- * file errors from open(2).  Under ZCOW_CACHE_NONE on a file system that
- * refuses O_DIRECT, falls back to the page cache with drop_pages and prints
- * one notice on stderr. */
-ZCOW_API int zcow_create(const char *path, const struct zcow_create_options *opts,
-                         zcow_image **out);
+/* How zcow_create() makes an image.  New options hold the defaults: no
+ * virtual size (it must be set), 64 KiB clusters, zlib, the tuned default
+ * level, O_DIRECT, the write cache on, no page dropping, the default cache
+ * bound, not atomic, no backing file.  zcow_create() reads the object
+ * only during the call: it may be changed or freed afterwards. */
+typedef struct zcow_create_options zcow_create_opts;
+
+ZCOW_API zcow_create_opts *zcow_create_opts_new(void);
+ZCOW_API void zcow_create_opts_free(zcow_create_opts *o);
+
+/* The guest size in bytes: a positive multiple of 512.  zcow_create()
+ * refuses a size beyond qcow2's limit for the cluster size (-EFBIG). */
+ZCOW_API int zcow_create_opts_set_virtual_size(zcow_create_opts *o, uint64_t bytes);
+ZCOW_API uint64_t zcow_create_opts_get_virtual_size(const zcow_create_opts *o);
+
+/* A power of two from 4096 to 2097152 (4k to 2M); default 65536. */
+ZCOW_API int zcow_create_opts_set_cluster_size(zcow_create_opts *o, uint32_t bytes);
+ZCOW_API uint32_t zcow_create_opts_get_cluster_size(const zcow_create_opts *o);
+
+/* enum zcow_compression; default ZCOW_COMPRESSION_ZLIB. */
+ZCOW_API int zcow_create_opts_set_compression_type(zcow_create_opts *o, int type);
+ZCOW_API int zcow_create_opts_get_compression_type(const zcow_create_opts *o);
+
+/* ZCOW_LEVEL_DEFAULT (zlib: ISA-L level 3, or 2 for clusters whose first
+ * 4 KiB are highly repetitive or incompressible; zstd: 3), or from 0 to
+ * 19.  zlib takes 0-3 (ISA-L) and 4-9 (zlib), zstd 1-19; the level is
+ * checked against the compression type by zcow_create(), since either may
+ * be set first. */
+ZCOW_API int zcow_create_opts_set_level(zcow_create_opts *o, int level);
+ZCOW_API int zcow_create_opts_get_level(const zcow_create_opts *o);
+
+/* enum zcow_cache_mode for the image file; default ZCOW_CACHE_NONE. */
+ZCOW_API int zcow_create_opts_set_cache_mode(zcow_create_opts *o, int mode);
+ZCOW_API int zcow_create_opts_get_cache_mode(const zcow_create_opts *o);
+
+/* The compressed write cache (default on): host clusters are filled in
+ * aligned buffers and written whole.  Off: each compressed chunk is
+ * written where it lands (as QEMU does; slow under O_DIRECT). */
+ZCOW_API int zcow_create_opts_set_write_cache(zcow_create_opts *o, bool on);
+ZCOW_API bool zcow_create_opts_get_write_cache(const zcow_create_opts *o);
+
+/* With ZCOW_CACHE_WRITEBACK: drop each written host cluster from the page
+ * cache (default off). */
+ZCOW_API int zcow_create_opts_set_drop_pages(zcow_create_opts *o, bool on);
+ZCOW_API bool zcow_create_opts_get_drop_pages(const zcow_create_opts *o);
+
+/* The bound on host clusters held by the write cache: 0 (the default:
+ * 16 MiB worth) or from 1 to 1048576 (the cache's hash table is sized
+ * from it); a bound below what one write run needs is raised to it. */
+ZCOW_API int zcow_create_opts_set_cache_clusters(zcow_create_opts *o, unsigned clusters);
+ZCOW_API unsigned zcow_create_opts_get_cache_clusters(const zcow_create_opts *o);
+
+/* Atomic (default off): write a temporary file beside the path and rename
+ * it over the path on a successful zcow_close(); zcow_abort(), a failed
+ * zcow_close() and zcow_remove_temp_files() remove it. */
+ZCOW_API int zcow_create_opts_set_atomic(zcow_create_opts *o, bool on);
+ZCOW_API bool zcow_create_opts_get_atomic(const zcow_create_opts *o);
+
+/* The backing file, stored in the image as given (1 to 1023 bytes); NULL
+ * (the default): none, unallocated clusters read as zero.  Copied. */
+ZCOW_API int zcow_create_opts_set_backing_file(zcow_create_opts *o, const char *name);
+ZCOW_API const char *zcow_create_opts_get_backing_file(const zcow_create_opts *o);
+
+/* The backing file's format, "qcow2" or "raw"; NULL (the default): qcow2
+ * for zcow_create(), probed by zcow_convert(). */
+ZCOW_API int zcow_create_opts_set_backing_format(zcow_create_opts *o, const char *format);
+ZCOW_API const char *zcow_create_opts_get_backing_format(const zcow_create_opts *o);
+
+/* ---- Writing images --------------------------------------------------------------------- */
+
+/* Create a qcow2 v3 image at PATH for compressed writes, as OPTS says.
+ * Errors: -EINVAL (no virtual size; a level out of range for the
+ * compression type), -EFBIG (virtual size beyond the format), file errors
+ * from open(2).  Under ZCOW_CACHE_NONE on a file system that refuses
+ * O_DIRECT, falls back to the page cache with drop_pages and prints one
+ * notice on stderr. */
+ZCOW_API int zcow_create(const char *path, const zcow_create_opts *opts, zcow_image **out);
 
 /* Write one guest cluster at GUEST_OFFSET (cluster aligned).  LEN is the
  * cluster size, or less for the last cluster of the image (the rest reads
@@ -76,8 +173,8 @@ ZCOW_API int zcow_create(const char *path, const struct zcow_create_options *opt
  * does not shrink is stored uncompressed; an all-zero cluster is left
  * unallocated.  Each guest cluster may be written once: -EEXIST otherwise.
  * After an I/O error every later call returns that error (sticky). */
-ZCOW_API int zcow_write_cluster(zcow_image *img, uint64_t guest_offset,
-                                const void *buf, size_t len);
+ZCOW_API int zcow_write_cluster(zcow_image *img, uint64_t guest_offset, const void *buf,
+                                size_t len);
 
 /* Write LEN bytes of guest data at GUEST_OFFSET (cluster aligned), cluster
  * by cluster as zcow_write_cluster() does; LEN is a multiple of the
@@ -89,8 +186,8 @@ ZCOW_API int zcow_write(zcow_image *img, uint64_t guest_offset, const void *buf,
 /* Write one guest cluster whose data is already compressed in the image's
  * compression type (CLEN <= cluster_size - 1), e.g. copied from another
  * image: stored as it is. */
-ZCOW_API int zcow_write_compressed(zcow_image *img, uint64_t guest_offset,
-                                   const void *cdata, size_t clen);
+ZCOW_API int zcow_write_compressed(zcow_image *img, uint64_t guest_offset, const void *cdata,
+                                   size_t clen);
 
 /* Read LEN guest bytes at OFFSET, from an image being written (served from
  * the write cache where the bytes are still there) or one opened for
@@ -103,7 +200,8 @@ ZCOW_API int zcow_flush(zcow_image *img);
 
 /* Finalise (L2, refcounts, L1, header), fsync, rename when atomic, free.
  * Returns 0 only if every byte written is on disk; frees IMG either way,
- * and on failure removes the temporary file of an atomic image. */
+ * and on failure removes the temporary file of an atomic image.  For an
+ * image opened for reading: frees it (and its backing chain); returns 0. */
 ZCOW_API int zcow_close(zcow_image *img);
 
 /* Free IMG without finalising; an atomic image's temporary file is removed. */
@@ -113,16 +211,12 @@ ZCOW_API void zcow_abort(zcow_image *img);
  * process.  Async-signal-safe: meant for SIGINT/SIGTERM handlers. */
 ZCOW_API void zcow_remove_temp_files(void);
 
-/* The message of the last failure in this thread ("" if none). */
-ZCOW_API const char *zcow_get_error(void);
-
-/* ---- Reading images ---------------------------------------------------- */
+/* ---- Reading images ------------------------------------------------------------------- */
 
 /* Open an existing qcow2 (versions 2 and 3) or raw image read-only.
  * FORMAT is "qcow2", "raw" or NULL to probe.  DIRECT: 1 for O_DIRECT reads
  * (falls back silently where refused).  Backing files are opened too. */
-ZCOW_API int zcow_open(const char *path, const char *format, int direct,
-                       zcow_image **out);
+ZCOW_API int zcow_open(const char *path, const char *format, int direct, zcow_image **out);
 
 /* The backing file of an image opened with zcow_open(), already open as
  * part of IMG's chain; NULL when it has none (or IMG is being written).
@@ -140,9 +234,12 @@ enum zcow_cluster_kind {
 /* Describe the guest cluster at GUEST_OFFSET of the top image (no backing
  * lookup): its kind, and for compressed clusters the host offset and the
  * byte count that holds the compressed stream (it may include a few bytes
- * of the next stream, as qcow2 records sectors, not bytes). */
+ * of the next stream, as qcow2 records sectors, not bytes).
+ * This one structure is the caller's (it is filled once per cluster, where
+ * an allocation would cost): its layout is fixed for good, and a richer
+ * description would be a new structure with a new function. */
 struct zcow_cluster_info {
-    int kind;             /* enum zcow_cluster_kind */
+    int kind; /* enum zcow_cluster_kind */
     uint64_t host_offset;
     uint32_t compressed_len;
 };
@@ -151,121 +248,191 @@ ZCOW_API int zcow_cluster_info(zcow_image *img, uint64_t guest_offset,
 
 /* Read the stored bytes of a compressed cluster into BUF (CAP bytes at
  * least compressed_len); returns the byte count or a negative errno. */
-ZCOW_API int zcow_read_compressed(zcow_image *img, const struct zcow_cluster_info *info,
-                                  void *buf, size_t cap);
+ZCOW_API int zcow_read_compressed(zcow_image *img, const struct zcow_cluster_info *info, void *buf,
+                                  size_t cap);
 
-struct zcow_info {
-    const char *format;        /* "qcow2" or "raw" */
-    uint64_t virtual_size;
-    uint32_t cluster_size;     /* 0 for raw */
-    int version;               /* 2 or 3 for qcow2 */
-    int compression_type;
-    int refcount_bits;
-    int corrupt;               /* incompatible feature bit 1 */
-    int extended_l2;
-    uint64_t file_size;        /* bytes the file holds */
-    uint64_t actual_size;      /* bytes allocated on disk (st_blocks) */
-    uint64_t clusters_allocated, clusters_compressed, clusters_normal, clusters_zero;
-    const char *backing_file;  /* NULL if none */
-    const char *backing_format;
-    /* Added after 0.1 for `zcow info`: */
-    const char *backing_path;  /* backing_file resolved against the image's
-                                  directory, as it is opened */
-    int dirty;                 /* incompatible feature bit 0 */
-    int lazy_refcounts;        /* compatible feature bit 0 */
-};
-/* Fill INFO; the cluster counts walk the L2 tables (top image only). */
-ZCOW_API int zcow_get_info(zcow_image *img, struct zcow_info *info);
+/* ---- Image information ---------------------------------------------------------------- */
 
-/* ---- Conversion --------------------------------------------------------- */
+/* What zcow_get_info() found.  A new object reads as zeros and NULLs. */
+typedef struct zcow_info zcow_info;
+
+ZCOW_API zcow_info *zcow_info_new(void);
+ZCOW_API void zcow_info_free(zcow_info *info);
+
+/* Fill INFO for IMG (being written, or open for reading); the cluster
+ * counts walk the L2 tables of the top image.  The strings INFO returns
+ * belong to IMG: they live until zcow_close(IMG). */
+ZCOW_API int zcow_get_info(zcow_image *img, zcow_info *info);
+
+ZCOW_API const char *zcow_info_get_format(const zcow_info *info); /* "qcow2" or "raw" */
+ZCOW_API uint64_t zcow_info_get_virtual_size(const zcow_info *info);
+ZCOW_API uint32_t zcow_info_get_cluster_size(const zcow_info *info); /* 0 for raw */
+ZCOW_API int zcow_info_get_version(const zcow_info *info);           /* qcow2: 2 or 3 */
+ZCOW_API int zcow_info_get_compression_type(const zcow_info *info);  /* enum zcow_compression */
+ZCOW_API int zcow_info_get_refcount_bits(const zcow_info *info);
+ZCOW_API bool zcow_info_get_corrupt(const zcow_info *info);        /* incompatible bit 1 */
+ZCOW_API bool zcow_info_get_dirty(const zcow_info *info);          /* incompatible bit 0 */
+ZCOW_API bool zcow_info_get_extended_l2(const zcow_info *info);    /* incompatible bit 4 */
+ZCOW_API bool zcow_info_get_lazy_refcounts(const zcow_info *info); /* compatible bit 0 */
+/* Bytes the file holds, and bytes allocated to it on disk (st_blocks). */
+ZCOW_API uint64_t zcow_info_get_file_size(const zcow_info *info);
+ZCOW_API uint64_t zcow_info_get_actual_size(const zcow_info *info);
+/* Guest clusters of the top image: allocated are those with a host
+ * cluster (compressed, normal, and zero clusters that keep theirs). */
+ZCOW_API uint64_t zcow_info_get_clusters_allocated(const zcow_info *info);
+ZCOW_API uint64_t zcow_info_get_clusters_compressed(const zcow_info *info);
+ZCOW_API uint64_t zcow_info_get_clusters_normal(const zcow_info *info);
+ZCOW_API uint64_t zcow_info_get_clusters_zero(const zcow_info *info);
+/* The backing file as the image names it (NULL if none), its format as
+ * the image records it (NULL if it does not), and the name resolved
+ * against the image's directory, as it is opened. */
+ZCOW_API const char *zcow_info_get_backing_file(const zcow_info *info);
+ZCOW_API const char *zcow_info_get_backing_format(const zcow_info *info);
+ZCOW_API const char *zcow_info_get_backing_path(const zcow_info *info);
+
+/* ---- Conversion ----------------------------------------------------------------------- */
+
+/* What zcow_convert() does.  New options hold the defaults: no source or
+ * destination (both must be set), the source's format probed, qcow2
+ * output with the defaults of zcow_create_opts_new(), one worker per
+ * online CPU, O_DIRECT source reads, no progress callback, no bitmap, no
+ * TLS settings.  zcow_convert() reads the object only during the call. */
+typedef struct zcow_convert_options zcow_convert_opts;
+
+ZCOW_API zcow_convert_opts *zcow_convert_opts_new(void);
+ZCOW_API void zcow_convert_opts_free(zcow_convert_opts *o);
+
+/* The source: a file, a block device, a qcow2 image (its backing chain is
+ * flattened) or an NBD URI: nbd://HOST[:PORT]/EXPORT,
+ * nbd+unix:///EXPORT?socket=PATH, nbds://..., nbds+unix://... (read
+ * through libnbd).  Not empty; copied. */
+ZCOW_API int zcow_convert_opts_set_src(zcow_convert_opts *o, const char *src);
+ZCOW_API const char *zcow_convert_opts_get_src(const zcow_convert_opts *o);
+
+/* The source's format: "raw", "qcow2", or NULL (the default) to probe. */
+ZCOW_API int zcow_convert_opts_set_src_format(zcow_convert_opts *o, const char *format);
+ZCOW_API const char *zcow_convert_opts_get_src_format(const zcow_convert_opts *o);
+
+/* The destination file (not empty; copied). */
+ZCOW_API int zcow_convert_opts_set_dst(zcow_convert_opts *o, const char *dst);
+ZCOW_API const char *zcow_convert_opts_get_dst(const zcow_convert_opts *o);
+
+/* "qcow2" (the default: compressed) or "raw" (a restore: sparse raw). */
+ZCOW_API int zcow_convert_opts_set_dst_format(zcow_convert_opts *o, const char *format);
+ZCOW_API const char *zcow_convert_opts_get_dst_format(const zcow_convert_opts *o);
+
+/* The options of a qcow2 output, copied from C (the default: those of
+ * zcow_create_opts_new()); their virtual size and atomic setting are
+ * ignored: the conversion sets them.  The getter's object belongs to O
+ * and changes with it. */
+ZCOW_API int zcow_convert_opts_set_create(zcow_convert_opts *o, const zcow_create_opts *c);
+ZCOW_API const zcow_create_opts *zcow_convert_opts_get_create(const zcow_convert_opts *o);
+
+/* Worker threads: 0 (the default: the online CPUs) or from 1 to 256. */
+ZCOW_API int zcow_convert_opts_set_threads(zcow_convert_opts *o, int threads);
+ZCOW_API int zcow_convert_opts_get_threads(const zcow_convert_opts *o);
+
+/* enum zcow_cache_mode for reading the source; default ZCOW_CACHE_NONE. */
+ZCOW_API int zcow_convert_opts_set_src_cache(zcow_convert_opts *o, int mode);
+ZCOW_API int zcow_convert_opts_get_src_cache(const zcow_convert_opts *o);
+
+/* Called from one thread at a time, often, with the bytes done so far and
+ * the total; FN NULL (the default): none. */
+typedef void zcow_progress_fn(void *opaque, uint64_t done, uint64_t total);
+ZCOW_API int zcow_convert_opts_set_progress(zcow_convert_opts *o, zcow_progress_fn *fn,
+                                            void *opaque);
+
+/* Incremental backups: NULL (the default), or the name of a dirty bitmap
+ * of the NBD source (meta context "qemu:dirty-bitmap:NAME").  Only its
+ * dirty clusters are copied (a cluster partly dirty, whole); the clean
+ * ones are left to the backing file, which the create options must name.
+ * Copied. */
+ZCOW_API int zcow_convert_opts_set_bitmap(zcow_convert_opts *o, const char *name);
+ZCOW_API const char *zcow_convert_opts_get_bitmap(const zcow_convert_opts *o);
 
 /* TLS for an NBD source: nbds:// and nbds+unix:// only, where TLS is
- * required and never falls back to plaintext (with nbd:// any of these is
- * -EINVAL).  NULL leaves a setting to the URI and libnbd's defaults.  The
- * URI's own values win over these: libnbd applies them on connecting,
- * after these are set (tls-certificates=DIR, tls-psk-file=FILE, the NAME
- * of nbds://NAME@HOST/..., then tls-username=NAME). */
-struct zcow_nbd_tls {
-    /* X.509: a directory holding ca-cert.pem, and client-cert.pem and
-     * client-key.pem for servers that check clients; NULL: libnbd's
-     * default directories. */
-    const char *certificates;
-    /* Pre-shared keys instead of X.509: a file of USERNAME:HEXKEY lines. */
-    const char *psk_file;
-    /* The PSK user name; NULL: the user running zcow. */
-    const char *username;
-};
+ * required and never falls back to plaintext (with any other source these
+ * make zcow_convert() fail with -EINVAL).  NULL (the default) leaves a
+ * setting to the URI and libnbd's defaults.  The URI's own values win over
+ * these: libnbd applies them on connecting, after these are set
+ * (tls-certificates=DIR, tls-psk-file=FILE, the NAME of
+ * nbds://NAME@HOST/..., then tls-username=NAME).  Each is copied.
+ * Certificates: for X.509, a directory holding ca-cert.pem, and
+ * client-cert.pem and client-key.pem for servers that check clients;
+ * NULL: libnbd's default directories.  PSK file: pre-shared keys instead of
+ * X.509, a file of USERNAME:HEXKEY lines.  User name: the PSK user; NULL:
+ * the user running the program. */
+ZCOW_API int zcow_convert_opts_set_tls_certificates(zcow_convert_opts *o, const char *dir);
+ZCOW_API const char *zcow_convert_opts_get_tls_certificates(const zcow_convert_opts *o);
+ZCOW_API int zcow_convert_opts_set_tls_psk_file(zcow_convert_opts *o, const char *file);
+ZCOW_API const char *zcow_convert_opts_get_tls_psk_file(const zcow_convert_opts *o);
+ZCOW_API int zcow_convert_opts_set_tls_username(zcow_convert_opts *o, const char *name);
+ZCOW_API const char *zcow_convert_opts_get_tls_username(const zcow_convert_opts *o);
 
-struct zcow_convert_options {
-    const char *src;              /* file, block device or qcow2 image */
-    const char *src_format;       /* "raw", "qcow2", NULL to probe */
-    const char *dst;
-    const char *dst_format;       /* "qcow2" (default, compressed) or "raw" */
-    struct zcow_create_options create; /* for qcow2 output; virtual_size and
-                                          atomic are set by the conversion */
-    int threads;                  /* 0: the online CPUs */
-    int src_cache;                /* enum zcow_cache_mode; NONE = O_DIRECT */
-    /* Called from one thread at a time, often, with bytes done so far. */
-    void (*progress)(void *opaque, uint64_t done, uint64_t total);
-    void *progress_opaque;
-    /* Added after 0.1 for incremental backups from NBD: */
-    const char *bitmap;           /* NULL, or a dirty bitmap of the NBD
-                                     source (meta context
-                                     "qemu:dirty-bitmap:NAME"): only its
-                                     dirty clusters are copied (a cluster
-                                     partly dirty, whole), the clean ones
-                                     are left to the backing file, which
-                                     create.backing_file must name */
-    /* Added after 0.1 for NBD over TLS (all NULL after
-       zcow_convert_options_init): */
-    struct zcow_nbd_tls nbd_tls;
-};
+/* What zcow_convert() did.  A new object reads as zeros. */
+typedef struct zcow_convert_stats zcow_convert_stats;
 
-struct zcow_convert_stats {
-    uint64_t bytes_in;            /* virtual size of the source */
-    uint64_t bytes_out;           /* size of the destination file */
-    uint64_t clusters_compressed, clusters_normal, clusters_zero, clusters_copied;
-    double seconds;
-};
+ZCOW_API zcow_convert_stats *zcow_convert_stats_new(void);
+ZCOW_API void zcow_convert_stats_free(zcow_convert_stats *st);
+ZCOW_API uint64_t zcow_convert_stats_get_bytes_in(const zcow_convert_stats *st);  /* source size */
+ZCOW_API uint64_t zcow_convert_stats_get_bytes_out(const zcow_convert_stats *st); /* DST's size */
+/* Guest clusters compressed here, stored uncompressed, stated zero, and
+ * copied compressed as they were (qcow2 sources of the same type). */
+ZCOW_API uint64_t zcow_convert_stats_get_clusters_compressed(const zcow_convert_stats *st);
+ZCOW_API uint64_t zcow_convert_stats_get_clusters_normal(const zcow_convert_stats *st);
+ZCOW_API uint64_t zcow_convert_stats_get_clusters_zero(const zcow_convert_stats *st);
+ZCOW_API uint64_t zcow_convert_stats_get_clusters_copied(const zcow_convert_stats *st);
+ZCOW_API double zcow_convert_stats_get_seconds(const zcow_convert_stats *st);
 
-/* Fill OPTS with the defaults (see zcow_create_options_init). */
-ZCOW_API void zcow_convert_options_init(struct zcow_convert_options *opts);
+/* Convert the source to the destination as OPTS says; STATS (may be
+ * NULL) receives what was done.  The output is written to a temporary
+ * file beside DST and renamed over DST only after it is complete and on
+ * disk; on failure DST is untouched and the temporary file removed.  A
+ * connection that fails (no server, an untrusted certificate, a wrong key,
+ * TLS refused or required by the server) fails the conversion before DST
+ * is created, naming the URI and the cause.  With a backing file in the
+ * create options, the name is stored as given and must open (relative to
+ * DST's directory), else -ENOENT or the open's error; a NULL backing
+ * format probes it; zero stretches of the source are stored as zero
+ * clusters.  Errors for a bitmap: -EINVAL without an NBD source, a backing
+ * file or a qcow2 output; -ENOENT when the server does not export it.
+ * -EINVAL when the source or the destination is not set. */
+ZCOW_API int zcow_convert(const zcow_convert_opts *opts, zcow_convert_stats *stats);
 
-/* Convert SRC to DST with THREADS workers.  The output is written to a
- * temporary file beside DST and renamed over DST only after it is complete
- * and on disk; on failure DST is untouched and the temporary file removed.
- * SRC may be an NBD URI (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?
- * socket=PATH, nbds://, nbds+unix://), read through libnbd; for TLS see
- * struct zcow_nbd_tls.  A connection that fails (no server, an untrusted
- * certificate, a wrong key, TLS refused or required by the server) fails
- * the conversion before DST is created, naming the URI and the cause.
- * With create.backing_file, the name is stored as given and must open
- * (relative to DST's directory), else -ENOENT or the open's error;
- * create.backing_format NULL probes it; zero stretches of the source are
- * stored as zero clusters.  Errors for BITMAP: -EINVAL without an NBD
- * source, a backing file or a qcow2 output; -ENOENT when the server does
- * not export it. */
-ZCOW_API int zcow_convert(const struct zcow_convert_options *opts,
-                          struct zcow_convert_stats *stats);
+/* ---- Checking and comparing (zcow check, zcow compare) ---------------------------- */
 
-/* ---- Checking and comparing (zcow check, zcow compare) ---------------- */
+/* Whole-image operations come in two forms: by path, where the library
+ * opens what it needs the way it needs it (zcow_check(), zcow_compare()),
+ * and by handle, on an image the program holds open (zcow_check_image(),
+ * zcow_compare_images()).  The path form of the check is the one to use on
+ * an image that may be damaged: it reads the file's metadata itself, even
+ * where zcow_open() refuses the image (or its backing file is missing). */
 
-/* What zcow_check() found, counted as `qemu-img check` counts them. */
-struct zcow_check_result {
-    uint64_t corruptions;         /* errors: exit 2 */
-    uint64_t leaks;               /* stored refcount > references: exit 3 */
-    uint64_t check_errors;        /* parts that could not be checked: exit 1 */
-    uint64_t total_clusters;      /* guest clusters of the virtual size */
-    uint64_t allocated_clusters;  /* of the active L1 table */
-    uint64_t fragmented_clusters;
-    uint64_t compressed_clusters;
-    uint64_t image_end_offset;    /* end of the last used host cluster */
-    uint64_t decompress_failures; /* with ZCOW_CHECK_DECOMPRESS; also
-                                     counted in corruptions */
-    int marked_corrupt;           /* incompatible feature bit 1 is set */
-    int marked_dirty;             /* incompatible feature bit 0 is set */
-    uint32_t cluster_size;
-};
+/* What a check found, counted as `qemu-img check` counts them.  A new
+ * object reads as zeros. */
+typedef struct zcow_check_result zcow_check_result;
+
+ZCOW_API zcow_check_result *zcow_check_result_new(void);
+ZCOW_API void zcow_check_result_free(zcow_check_result *res);
+/* Errors (qemu-img check exits 2), leaks: stored refcount > references
+ * (exit 3), and parts that could not be checked (exit 1). */
+ZCOW_API uint64_t zcow_check_result_get_corruptions(const zcow_check_result *res);
+ZCOW_API uint64_t zcow_check_result_get_leaks(const zcow_check_result *res);
+ZCOW_API uint64_t zcow_check_result_get_check_errors(const zcow_check_result *res);
+/* Guest clusters of the virtual size; of the active L1 table: allocated,
+ * fragmented, compressed. */
+ZCOW_API uint64_t zcow_check_result_get_total_clusters(const zcow_check_result *res);
+ZCOW_API uint64_t zcow_check_result_get_allocated_clusters(const zcow_check_result *res);
+ZCOW_API uint64_t zcow_check_result_get_fragmented_clusters(const zcow_check_result *res);
+ZCOW_API uint64_t zcow_check_result_get_compressed_clusters(const zcow_check_result *res);
+/* The end of the last used host cluster. */
+ZCOW_API uint64_t zcow_check_result_get_image_end_offset(const zcow_check_result *res);
+/* With ZCOW_CHECK_DECOMPRESS; also counted in corruptions. */
+ZCOW_API uint64_t zcow_check_result_get_decompress_failures(const zcow_check_result *res);
+/* Incompatible feature bits 1 (corrupt) and 0 (dirty) are set. */
+ZCOW_API bool zcow_check_result_get_marked_corrupt(const zcow_check_result *res);
+ZCOW_API bool zcow_check_result_get_marked_dirty(const zcow_check_result *res);
+ZCOW_API uint32_t zcow_check_result_get_cluster_size(const zcow_check_result *res);
 
 enum {
     /* Also decompress every compressed cluster; failures are corruptions. */
@@ -279,22 +446,30 @@ typedef void zcow_check_report_fn(void *opaque, const char *line);
 /* Check the metadata of the qcow2 image at PATH as `qemu-img check` does:
  * rebuild the refcounts from the header, L1/L2 tables (the snapshots'
  * too), refcount structures, snapshot table and bitmaps, and compare them
- * with the stored ones.  REPORT (may be NULL) receives each finding.
- * Returns 0 when the check ran (RES says what it found; check_errors may
- * still be nonzero), or a negative errno when it could not run: -EINVAL
- * not a qcow2 image zcow can check, -ENOTSUP unsupported feature,
- * -EFBIG file too large to check in bounded memory, file errors.
- * Memory is bounded by the file size (at most about 1 GiB of counters).
+ * with the stored ones.  REPORT (may be NULL) receives each finding; RES
+ * (may be NULL) what was found.  Returns 0 when the check ran (RES says
+ * what it found; check_errors may still be nonzero), or a negative errno
+ * when it could not run: -EINVAL not a qcow2 image zcow can check,
+ * -ENOTSUP unsupported feature, -EFBIG file too large to check in bounded
+ * memory, file errors.  The backing file is not opened.  Memory is bounded
+ * by the file size (at most about 1 GiB of counters).
  * Thread-safe: independent calls may run at once. */
 ZCOW_API int zcow_check(const char *path, unsigned flags, zcow_check_report_fn *report,
-                        void *opaque, struct zcow_check_result *res);
+                        void *opaque, zcow_check_result *res);
+
+/* The same on the file IMG was opened from (by zcow_open(), or as a
+ * backing file by zcow_get_backing()): it is opened again by that name,
+ * as the check reads metadata, not guest data.  -ENOTSUP for an image
+ * being written: check it after zcow_close(). */
+ZCOW_API int zcow_check_image(zcow_image *img, unsigned flags, zcow_check_report_fn *report,
+                              void *opaque, zcow_check_result *res);
 
 /* Results of zcow_compare_images() and zcow_compare(). */
 enum {
     ZCOW_COMPARE_IDENTICAL = 0,
-    ZCOW_COMPARE_CONTENT = 1,   /* *MISMATCH_OFFSET: first differing 512-byte
-                                   sector, as qemu-img compare reports it */
-    ZCOW_COMPARE_SIZE = 2,      /* strict mode: virtual sizes differ */
+    ZCOW_COMPARE_CONTENT = 1, /* *MISMATCH_OFFSET: first differing 512-byte
+                                 sector, as qemu-img compare reports it */
+    ZCOW_COMPARE_SIZE = 2,    /* strict mode: virtual sizes differ */
 };
 
 /* Compare the guest contents of two images opened with zcow_open().
@@ -306,8 +481,8 @@ ZCOW_API int zcow_compare_images(zcow_image *a, zcow_image *b, int strict,
                                  uint64_t *mismatch_offset);
 
 /* The same, opening A and B (FA, FB: "raw", "qcow2" or NULL to probe). */
-ZCOW_API int zcow_compare(const char *a, const char *fa, const char *b, const char *fb,
-                          int strict, uint64_t *mismatch_offset);
+ZCOW_API int zcow_compare(const char *a, const char *fa, const char *b, const char *fb, int strict,
+                          uint64_t *mismatch_offset);
 
 #ifdef __cplusplus
 }

@@ -1,5 +1,6 @@
-/* api.c - the public entry points: check arguments, dispatch to the
- * writer or the reader. */
+/* api.c - the public entry points on image handles: check arguments,
+ * dispatch to the writer or the reader.  The options and result objects
+ * are in options.c, the entry points of 0.1 in compat_0_1.c. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
@@ -8,16 +9,6 @@
 #include "image.h"
 #include "reader.h"
 #include "writer.h"
-
-void zcow_create_options_init(struct zcow_create_options *o)
-{
-    memset(o, 0, sizeof(*o));
-    o->cluster_size = 65536;
-    o->compression_type = ZCOW_COMPRESSION_ZLIB;
-    o->level = ZCOW_LEVEL_DEFAULT;
-    o->cache_mode = ZCOW_CACHE_NONE;
-    o->write_cache = 1;
-}
 
 static zcow_image *new_handle(void)
 {
@@ -51,6 +42,10 @@ int zcow_open(const char *path, const char *format, int direct, zcow_image **out
     if (!img)
         return -ENOMEM;
     int r = reader_open(path, format, direct, &img->r);
+    if (r == 0 && !(img->path = strdup(path))) {
+        reader_close(img->r);
+        r = zerr(ENOMEM, "out of memory");
+    }
     if (r < 0) {
         free(img);
         return r;
@@ -68,6 +63,7 @@ zcow_image *zcow_get_backing(zcow_image *img)
         return NULL;
     img->backing->r = b;
     img->backing->borrowed = 1;
+    img->backing->above = img;
     return img->backing;
 }
 
@@ -77,10 +73,25 @@ static void free_backing_handles(zcow_image *img)
 {
     while (img) {
         zcow_image *next = img->backing;
-        if (img->borrowed)
+        if (img->borrowed) {
+            free(img->path);
             free(img);
+        }
         img = next;
     }
+}
+
+/* The name IMG was opened by.  A backing handle learns it from the image
+ * above it (its info walks that image's L2 tables: a cost only the check,
+ * which reads the whole file, pays). */
+static const char *image_path(zcow_image *img)
+{
+    if (img->path || !img->borrowed)
+        return img->path;
+    struct zcow_info info;
+    if (reader_get_info(img->above->r, &info) == 0 && info.backing_path)
+        img->path = strdup(info.backing_path);
+    return img->path;
 }
 
 static int not_writable(void) { return zerr(EBADF, "image is open read-only"); }
@@ -110,10 +121,7 @@ int zcow_read(zcow_image *img, uint64_t off, void *buf, size_t len)
     return img->w ? writer_read(img->w, off, buf, len) : reader_read(img->r, off, buf, len);
 }
 
-int zcow_flush(zcow_image *img)
-{
-    return img->w ? writer_flush(img->w) : 0;
-}
+int zcow_flush(zcow_image *img) { return img->w ? writer_flush(img->w) : 0; }
 
 int zcow_cluster_info(zcow_image *img, uint64_t off, struct zcow_cluster_info *info)
 {
@@ -126,9 +134,26 @@ int zcow_read_compressed(zcow_image *img, const struct zcow_cluster_info *info, 
     return img->r ? reader_read_compressed(img->r, info, buf, cap) : not_readable();
 }
 
-int zcow_get_info(zcow_image *img, struct zcow_info *info)
+int zcow_get_info(zcow_image *img, zcow_info *info)
 {
+    if (!img || !info)
+        return zerr(EINVAL, "zcow_get_info: missing image or info object");
     return img->w ? writer_get_info(img->w, info) : reader_get_info(img->r, info);
+}
+
+int zcow_check_image(zcow_image *img, unsigned flags, zcow_check_report_fn *report, void *opaque,
+                     zcow_check_result *res)
+{
+    if (res)
+        memset(res, 0, sizeof(*res));
+    if (!img)
+        return zerr(EINVAL, "zcow_check_image: missing image");
+    if (img->w)
+        return not_readable();
+    const char *path = image_path(img);
+    if (!path)
+        return zerr(ENOMEM, "out of memory");
+    return zcow_check(path, flags, report, opaque, res);
 }
 
 int zcow_close(zcow_image *img)
@@ -140,6 +165,7 @@ int zcow_close(zcow_image *img)
         r = writer_close(img->w);
     free_backing_handles(img->backing);
     reader_close(img->r);
+    free(img->path);
     free(img);
     return r;
 }
@@ -152,5 +178,6 @@ void zcow_abort(zcow_image *img)
         writer_abort(img->w);
     free_backing_handles(img->backing);
     reader_close(img->r);
+    free(img->path);
     free(img);
 }

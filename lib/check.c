@@ -21,6 +21,7 @@
 #include "check.h"
 #include "codec.h"
 #include "error.h"
+#include "options.h"
 #include "qcow2.h"
 #include "qcow2_l2.h"
 #include "zcow.h"

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "options.h"
 #include "zcow.h"
 
 #define CMP_BLOCK (4u << 20)

@@ -508,14 +508,6 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     return r;
 }
 
-void zcow_convert_options_init(struct zcow_convert_options *o)
-{
-    memset(o, 0, sizeof(*o));
-    zcow_create_options_init(&o->create);
-    o->dst_format = "qcow2";
-    o->src_cache = ZCOW_CACHE_NONE;
-}
-
 /* The backing file and bitmap options: consistent, and the backing file
  * opens (as qemu-img checks), relative to the destination's directory.
  * A missing backing format is probed and set in O. */

@@ -4,8 +4,8 @@
 #ifndef ZCOW_CONVERT_H
 #define ZCOW_CONVERT_H
 
+#include "options.h"
 #include "source.h"
-#include "zcow.h"
 
 int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
                      struct zcow_convert_stats *st);

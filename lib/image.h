@@ -3,7 +3,7 @@
 #ifndef ZCOW_IMAGE_H
 #define ZCOW_IMAGE_H
 
-#include "zcow.h"
+#include "options.h"
 
 struct writer;
 struct reader;
@@ -15,6 +15,11 @@ struct zcow_image {
      * and freed with this one; BORROWED marks such a handle. */
     struct zcow_image *backing;
     int borrowed;
+    struct zcow_image *above; /* of a BORROWED handle: the image it backs */
+    /* The name the image was opened by (zcow_open(), or the backing path
+     * resolved by the image above, found on first use), for
+     * zcow_check_image(); NULL for an image being written. */
+    char *path;
 };
 
 #endif

@@ -40,6 +40,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "options.h"
 #include "source.h"
 #include "zcow.h"
 

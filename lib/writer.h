@@ -6,7 +6,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "zcow.h"
+#include "options.h"
 
 struct writer;
 

@@ -34,14 +34,18 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (ftruncate(fd, 0) != 0 || (size && pwrite(fd, data, size, 0) != (ssize_t)size))
         abort();
-    struct zcow_check_result res;
+    static zcow_check_result *res;
+    if (!res && !(res = zcow_check_result_new()))
+        abort();
     unsigned long lines = 0;
-    int r = zcow_check(path, size % 2 ? ZCOW_CHECK_DECOMPRESS : 0, count_line, &lines, &res);
+    int r = zcow_check(path, size % 2 ? ZCOW_CHECK_DECOMPRESS : 0, count_line, &lines, res);
     if (r < 0 && !zcow_get_error()[0])
         abort();
-    if (r == 0 && (res.image_end_offset == 0 || res.cluster_size == 0))
+    if (r == 0 && (zcow_check_result_get_image_end_offset(res) == 0 ||
+                   zcow_check_result_get_cluster_size(res) == 0))
         abort();
-    if (r == 0 && !res.corruptions && !res.leaks && !res.check_errors && res.decompress_failures)
+    if (r == 0 && !zcow_check_result_get_corruptions(res) && !zcow_check_result_get_leaks(res) &&
+        !zcow_check_result_get_check_errors(res) && zcow_check_result_get_decompress_failures(res))
         abort();
     return 0;
 }

@@ -44,25 +44,29 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         return 0;
     }
-    struct zcow_info info;
-    if (zcow_get_info(img, &info) == 0) {
-        uint64_t cs = info.cluster_size ? info.cluster_size : 65536;
-        uint64_t n = (info.virtual_size + cs - 1) / cs;
+    static zcow_info *info;
+    if (!info && !(info = zcow_info_new()))
+        abort();
+    if (zcow_get_info(img, info) == 0) {
+        uint64_t vsize = zcow_info_get_virtual_size(info);
+        uint32_t cluster_size = zcow_info_get_cluster_size(info);
+        uint64_t cs = cluster_size ? cluster_size : 65536;
+        uint64_t n = (vsize + cs - 1) / cs;
         if (n > MAX_CLUSTERS)
             n = MAX_CLUSTERS;
         for (uint64_t i = 0; i < n; i++) {
             uint64_t off = i * cs;
-            size_t len = (size_t)(info.virtual_size - off < cs ? info.virtual_size - off : cs);
+            size_t len = (size_t)(vsize - off < cs ? vsize - off : cs);
             zcow_read(img, off, buf, len);
             struct zcow_cluster_info ci;
-            if (info.cluster_size && zcow_cluster_info(img, off, &ci) == 0 &&
+            if (cluster_size && zcow_cluster_info(img, off, &ci) == 0 &&
                 ci.kind == ZCOW_CLUSTER_COMPRESSED)
                 zcow_read_compressed(img, &ci, cbuf, 4u << 20);
         }
         /* The last bytes of a large image, and a read across its end. */
-        if (info.virtual_size > 4096) {
-            zcow_read(img, info.virtual_size - 4096, buf, 4096);
-            zcow_read(img, info.virtual_size - 512, buf, 4096);
+        if (vsize > 4096) {
+            zcow_read(img, vsize - 4096, buf, 4096);
+            zcow_read(img, vsize - 512, buf, 4096);
         }
     }
     zcow_close(img);

@@ -55,17 +55,16 @@ static void write_layer(int k, uint32_t cs)
     char path[256], prev[64];
     layer_path(path, sizeof(path), k);
     snprintf(prev, sizeof(prev), "l%02d.qcow2", k - 1);
-    struct zcow_create_options o;
-    zcow_create_options_init(&o);
-    o.virtual_size = DISK;
-    o.cluster_size = cs;
-    o.cache_mode = ZCOW_CACHE_WRITEBACK;
-    if (k > 0) {
-        o.backing_file = prev;
-        o.backing_format = "qcow2";
-    }
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_virtual_size(o, DISK) == 0 &&
+          zcow_create_opts_set_cluster_size(o, cs) == 0 &&
+          zcow_create_opts_set_cache_mode(o, ZCOW_CACHE_WRITEBACK) == 0);
+    if (k > 0)
+        CHECK(zcow_create_opts_set_backing_file(o, prev) == 0 &&
+              zcow_create_opts_set_backing_format(o, "qcow2") == 0);
     zcow_image *img;
-    int e = zcow_create(path, &o, &img);
+    int e = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
     CHECKF(e == 0, "create %s: %s", path, zcow_get_error());
     if (e < 0)
         return;
@@ -221,16 +220,17 @@ static void public_chain(int depth)
     if (e < 0)
         return;
     int n = 0;
+    zcow_info *info = zcow_info_new();
     for (zcow_image *l = img; l; l = zcow_get_backing(l)) {
-        struct zcow_info info;
-        CHECK(zcow_get_info(l, &info) == 0);
+        CHECK(zcow_get_info(l, info) == 0);
         CHECKF(zcow_get_backing(l) == zcow_get_backing(l), "depth %d: image %d", depth, n);
-        CHECK((info.backing_file != NULL) == (n < depth - 1));
+        CHECK((zcow_info_get_backing_file(info) != NULL) == (n < depth - 1));
         if (n > 0)
             CHECK(zcow_close(l) == 0); /* borrowed: does nothing */
         n++;
     }
     CHECKF(n == depth, "depth %d: the chain has %d images", depth, n);
+    zcow_info_free(info);
     CHECK(zcow_close(img) == 0);
 }
 

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 
 #include "codec.h"
+#include "options.h" /* struct zcow_check_result: this test reads check.c's findings directly */
 #include "qcow2.h"
 #include "unit.h"
 #include "zcow.h"
@@ -344,19 +345,20 @@ static void test_zcow_written(void)
 {
     /* An image zcow writes checks clean, with every cluster compressed. */
     const char *p = tpath(3, "written.qcow2");
-    struct zcow_create_options o;
-    zcow_create_options_init(&o);
-    o.virtual_size = 4 << 20;
-    o.cluster_size = 65536;
-    o.cache_mode = ZCOW_CACHE_WRITEBACK;
+    const uint64_t size = 4 << 20;
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_virtual_size(o, size) == 0 &&
+          zcow_create_opts_set_cluster_size(o, 65536) == 0 &&
+          zcow_create_opts_set_cache_mode(o, ZCOW_CACHE_WRITEBACK) == 0);
     zcow_image *img;
-    int r = zcow_create(p, &o, &img);
+    int r = zcow_create(p, o, &img);
+    zcow_create_opts_free(o);
     CHECKF(r == 0, "%s", zcow_get_error());
     if (r < 0)
         return;
     static uint8_t data[65536];
     uint64_t st = unit_stream(1);
-    for (uint64_t off = 0; off < o.virtual_size; off += sizeof(data)) {
+    for (uint64_t off = 0; off < size; off += sizeof(data)) {
         for (size_t i = 0; i < sizeof(data); i++)
             data[i] = (uint8_t)(unit_rand(&st) & 3);
         CHECK(zcow_write_cluster(img, off, data, sizeof(data)) == 0);

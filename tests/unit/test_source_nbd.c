@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "error.h"
+#include "options.h"
 #include "source.h"
 #include "unit.h"
 #include "zcow.h"
@@ -61,20 +62,21 @@ int main(void)
             "cannot connect to 'nbds+unix:///?socket=/nonexistent.sock&tls-psk-file=");
 
     /* zcow_convert(): TLS settings need an NBD source, read as raw. */
-    struct zcow_convert_options o;
-    zcow_convert_options_init(&o);
-    CHECK(!o.nbd_tls.certificates && !o.nbd_tls.psk_file && !o.nbd_tls.username);
-    o.src = "/nonexistent.raw";
-    o.dst = "/nonexistent-dir/out.qcow2";
-    o.nbd_tls.username = "alice";
-    int r = zcow_convert(&o, NULL);
+    zcow_convert_opts *o = zcow_convert_opts_new();
+    CHECK(o && !zcow_convert_opts_get_tls_certificates(o) &&
+          !zcow_convert_opts_get_tls_psk_file(o) && !zcow_convert_opts_get_tls_username(o));
+    CHECK(zcow_convert_opts_set_src(o, "/nonexistent.raw") == 0 &&
+          zcow_convert_opts_set_dst(o, "/nonexistent-dir/out.qcow2") == 0 &&
+          zcow_convert_opts_set_tls_username(o, "alice") == 0);
+    int r = zcow_convert(o, NULL);
     CHECKF(r == -EINVAL && strstr(zcow_get_error(), "TLS settings need an NBD source"), "%d: %s", r,
            zcow_get_error());
-    o.src = "nbds+unix:///?socket=/nonexistent.sock";
-    o.src_format = "qcow2";
-    r = zcow_convert(&o, NULL);
+    CHECK(zcow_convert_opts_set_src(o, "nbds+unix:///?socket=/nonexistent.sock") == 0 &&
+          zcow_convert_opts_set_src_format(o, "qcow2") == 0);
+    r = zcow_convert(o, NULL);
     CHECKF(r == -EINVAL && strstr(zcow_get_error(), "an NBD export is read as raw, not 'qcow2'"),
            "%d: %s", r, zcow_get_error());
+    zcow_convert_opts_free(o);
 
     return unit_done();
 }

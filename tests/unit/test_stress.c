@@ -116,7 +116,6 @@ struct round {
     const char *name;
     uint32_t cs;
     uint64_t vsize;
-    struct zcow_create_options o;
     zcow_image *img;
     struct extent *ext;
     size_t n_ext;
@@ -269,14 +268,14 @@ static void stress_round(int id, const char *name, uint32_t cs, uint64_t vsize, 
     struct round rd = { .id = id, .name = name, .cs = cs, .vsize = vsize };
     char path[4200];
     snprintf(path, sizeof(path), "%s/stress-%d.qcow2", tmpdir, id);
-    zcow_create_options_init(&rd.o);
-    rd.o.virtual_size = vsize;
-    rd.o.cluster_size = cs;
-    rd.o.compression_type = type;
-    rd.o.cache_mode = cache_mode;
-    rd.o.drop_pages = cache_mode == ZCOW_CACHE_WRITEBACK;
-    rd.o.cache_clusters = cache_clusters;
-    rd.o.atomic = id % 2;
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_virtual_size(o, vsize) == 0 &&
+          zcow_create_opts_set_cluster_size(o, cs) == 0 &&
+          zcow_create_opts_set_compression_type(o, type) == 0 &&
+          zcow_create_opts_set_cache_mode(o, cache_mode) == 0 &&
+          zcow_create_opts_set_drop_pages(o, cache_mode == ZCOW_CACHE_WRITEBACK) == 0 &&
+          zcow_create_opts_set_cache_clusters(o, cache_clusters) == 0 &&
+          zcow_create_opts_set_atomic(o, id % 2) == 0);
 
     /* Guest clusters cut into extents of 1..4 (mostly 1), shuffled, and
      * dealt out to the threads round-robin. */
@@ -288,6 +287,7 @@ static void stress_round(int id, const char *name, uint32_t cs, uint64_t vsize, 
         CHECK(!"out of memory");
         free(rd.ext);
         free(rd.written);
+        zcow_create_opts_free(o);
         return;
     }
     uint64_t rs = unit_stream(((uint64_t)id << 32) ^ 0x77);
@@ -305,7 +305,8 @@ static void stress_round(int id, const char *name, uint32_t cs, uint64_t vsize, 
         rd.ext[j] = t;
     }
 
-    int r = zcow_create(path, &rd.o, &rd.img);
+    int r = zcow_create(path, o, &rd.img);
+    zcow_create_opts_free(o);
     CHECKF(r == 0, "%s: zcow_create: %d %s", name, r, zcow_get_error());
     if (r != 0) {
         free(rd.ext);
@@ -326,17 +327,19 @@ static void stress_round(int id, const char *name, uint32_t cs, uint64_t vsize, 
     CHECKF(started == THREADS, "%s: started %d threads of %d", name, started, THREADS);
     for (int i = 0; i < started; i++)
         pthread_join(tids[i], NULL);
-    struct zcow_info info;
-    zcow_get_info(rd.img, &info);
+    zcow_info *info = zcow_info_new();
+    CHECK(zcow_get_info(rd.img, info) == 0);
     r = zcow_close(rd.img);
     double t1 = unit_now();
     CHECKF(r == 0, "%s: zcow_close: %d %s", name, r, zcow_get_error());
     printf("%s: %ld clusters of %llu in %ld writes by %d threads in %.1f s (%llu compressed, "
            "%llu normal, %llu zero), %ld reads back, %ld flushes\n",
-           name, atomic_load(&rd.clusters), (unsigned long long)n, atomic_load(&rd.writes),
-           started, t1 - t0, (unsigned long long)info.clusters_compressed,
-           (unsigned long long)info.clusters_normal, (unsigned long long)info.clusters_zero,
-           atomic_load(&rd.reads), atomic_load(&rd.flushes));
+           name, atomic_load(&rd.clusters), (unsigned long long)n, atomic_load(&rd.writes), started,
+           t1 - t0, (unsigned long long)zcow_info_get_clusters_compressed(info),
+           (unsigned long long)zcow_info_get_clusters_normal(info),
+           (unsigned long long)zcow_info_get_clusters_zero(info), atomic_load(&rd.reads),
+           atomic_load(&rd.flushes));
+    zcow_info_free(info);
     fflush(stdout);
     CHECKF(atomic_load(&rd.clusters) > 0, "%s: only %ld clusters written", name,
            atomic_load(&rd.clusters));
@@ -410,14 +413,16 @@ static void *sticky_thread(void *arg)
  * with no error at all, 1 failed. */
 static int child_sticky(const char *path)
 {
-    struct zcow_create_options o;
-    zcow_create_options_init(&o);
-    o.cluster_size = 64 << 10;
-    o.virtual_size = 8u << 20;
-    o.atomic = 1;
-    o.cache_clusters = 1;
-    struct sticky s = { .path = path, .cs = o.cluster_size, .n = o.virtual_size / o.cluster_size };
-    int r = zcow_create(path, &o, &s.img);
+    uint32_t cs = 64 << 10;
+    uint64_t size = 8u << 20;
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, cs) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0 &&
+          zcow_create_opts_set_atomic(o, true) == 0 &&
+          zcow_create_opts_set_cache_clusters(o, 1) == 0);
+    struct sticky s = { .path = path, .cs = cs, .n = size / cs };
+    int r = zcow_create(path, o, &s.img);
+    zcow_create_opts_free(o);
     if (r < 0) { /* an injected fault on open is not ours to judge */
         fprintf(stderr, "zcow_create: %s\n", zcow_get_error());
         return 1;

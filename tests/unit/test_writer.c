@@ -35,15 +35,15 @@ static void test_write_read(int type, uint32_t cs, int cache_mode, int write_cac
 {
     char path[4200];
     snprintf(path, sizeof(path), "%s/w-%d-%u-%d-%d.qcow2", dir, type, cs, cache_mode, write_cache);
-    struct zcow_create_options o;
-    zcow_create_options_init(&o);
-    o.cluster_size = cs;
-    o.compression_type = type;
-    o.cache_mode = cache_mode;
-    o.write_cache = write_cache;
-    o.virtual_size = 8ull * cs - 512; /* a short last cluster */
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, cs) == 0 &&
+          zcow_create_opts_set_compression_type(o, type) == 0 &&
+          zcow_create_opts_set_cache_mode(o, cache_mode) == 0 &&
+          zcow_create_opts_set_write_cache(o, write_cache) == 0 &&
+          zcow_create_opts_set_virtual_size(o, 8ull * cs - 512) == 0); /* a short last cluster */
     zcow_image *img;
-    int r = zcow_create(path, &o, &img);
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
     CHECKF(r == 0, "create: %s", zcow_get_error());
     if (r)
         return;
@@ -79,15 +79,16 @@ static void test_write_read(int type, uint32_t cs, int cache_mode, int write_cac
         memset(back, 0xee, 8 * (size_t)cs);
         CHECK(zcow_read(img, 0, back, 8 * (size_t)cs - 512) == 0);
         CHECK(memcmp(back, data, 8 * (size_t)cs - 512) == 0);
-        struct zcow_info info;
-        memset(&info, 0, sizeof(info));
-        CHECK(zcow_get_info(img, &info) == 0);
+        zcow_info *info = zcow_info_new();
+        CHECK(zcow_get_info(img, info) == 0);
         /* Text and ones shrink; the last (random, padded with 512 zeros)
          * may or may not; the zero cluster is not allocated. */
-        CHECKF(info.clusters_compressed + info.clusters_normal == 7 &&
-                   info.clusters_compressed >= 2 && info.clusters_compressed <= 3,
-               "%llu compressed, %llu normal", (unsigned long long)info.clusters_compressed,
-               (unsigned long long)info.clusters_normal);
+        uint64_t compressed = zcow_info_get_clusters_compressed(info);
+        uint64_t normal = zcow_info_get_clusters_normal(info);
+        CHECKF(compressed + normal == 7 && compressed >= 2 && compressed <= 3,
+               "%llu compressed, %llu normal", (unsigned long long)compressed,
+               (unsigned long long)normal);
+        zcow_info_free(info);
         zcow_close(img);
     }
     free(raw);
@@ -105,13 +106,13 @@ static void test_backing_zero(void)
     for (int i = 0; i < 2 * 65536; i++)
         fputc(0x5a, f);
     fclose(f);
-    struct zcow_create_options o;
-    zcow_create_options_init(&o);
-    o.virtual_size = 2 * 65536;
-    o.backing_file = base;
-    o.backing_format = "raw";
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_virtual_size(o, 2 * 65536) == 0 &&
+          zcow_create_opts_set_backing_file(o, base) == 0 &&
+          zcow_create_opts_set_backing_format(o, "raw") == 0);
     zcow_image *img;
-    CHECK(zcow_create(top, &o, &img) == 0);
+    CHECK(zcow_create(top, o, &img) == 0);
+    zcow_create_opts_free(o);
     uint8_t *zero = calloc(1, 65536);
     CHECK(zcow_write_cluster(img, 0, zero, 65536) == 0);
     CHECK(zcow_close(img) == 0);
