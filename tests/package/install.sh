@@ -4,7 +4,7 @@
 #   - bin/zcow, include/zcow.h, lib/libzcow.so -> libzcow.so.N ->
 #     libzcow.so.N.MINOR.PATCH (relative links), lib/libzcow.a,
 #     lib/pkgconfig/zcow.pc with prefix=/usr (not /usr/local), and every
-#     man page of man/ (zcow.1 at least) under share/man/manN;
+#     man page of man/ (zcow.1 and libzcow.3 at least) under share/man/manN;
 #   - a program (tests/abi/readimg.c) built with pkg-config against the
 #     installed files (PKG_CONFIG_PATH and PKG_CONFIG_SYSROOT_DIR into
 #     DESTDIR), linked to the installed .so and, with --static, to the .a,
@@ -55,7 +55,9 @@ else
 fi
 
 pages=(man/*.[1-8])
-[ -f man/zcow.1 ] || fail "no man/zcow.1"
+for m in man/zcow.1 man/libzcow.3; do
+    [ -f "$m" ] || fail "no $m"
+done
 for m in "${pages[@]}"; do
     im=$u/share/man/man${m##*.}/${m#man/}
     if [ ! -f "$im" ]; then
