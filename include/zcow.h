@@ -460,7 +460,8 @@ ZCOW_API int zcow_check(const char *path, unsigned flags, zcow_check_report_fn *
 /* The same on the file IMG was opened from (by zcow_open(), or as a
  * backing file by zcow_get_backing()): it is opened again by that name,
  * as the check reads metadata, not guest data.  -ENOTSUP for an image
- * being written: check it after zcow_close(). */
+ * being written: check it after zcow_close().  Calls on one handle may
+ * run at once, beside reads of it. */
 ZCOW_API int zcow_check_image(zcow_image *img, unsigned flags, zcow_check_report_fn *report,
                               void *opaque, zcow_check_result *res);
 

@@ -73,25 +73,31 @@ static void free_backing_handles(zcow_image *img)
 {
     while (img) {
         zcow_image *next = img->backing;
-        if (img->borrowed) {
-            free(img->path);
+        if (img->borrowed)
             free(img);
-        }
         img = next;
     }
 }
 
-/* The name IMG was opened by.  A backing handle learns it from the image
- * above it (its info walks that image's L2 tables: a cost only the check,
- * which reads the whole file, pays). */
-static const char *image_path(zcow_image *img)
+/* The name IMG was opened by: its own, or for a backing handle the path
+ * the image above resolved, which that image's reader owns.  The info
+ * walks the L2 tables of the image above: a cost only the check, which
+ * reads a whole file, pays.  Nothing is cached, so concurrent checks of
+ * one handle do not race. */
+static int image_path(const zcow_image *img, const char **path)
 {
-    if (img->path || !img->borrowed)
-        return img->path;
+    if (!img->borrowed) {
+        *path = img->path;
+        return 0;
+    }
     struct zcow_info info;
-    if (reader_get_info(img->above->r, &info) == 0 && info.backing_path)
-        img->path = strdup(info.backing_path);
-    return img->path;
+    int r = reader_get_info(img->above->r, &info);
+    if (r < 0)
+        return r;
+    if (!info.backing_path)
+        return zerr(EINVAL, "zcow_check_image: the backing file has no path");
+    *path = info.backing_path;
+    return 0;
 }
 
 static int not_writable(void) { return zerr(EBADF, "image is open read-only"); }
@@ -150,10 +156,9 @@ int zcow_check_image(zcow_image *img, unsigned flags, zcow_check_report_fn *repo
         return zerr(EINVAL, "zcow_check_image: missing image");
     if (img->w)
         return not_readable();
-    const char *path = image_path(img);
-    if (!path)
-        return zerr(ENOMEM, "out of memory");
-    return zcow_check(path, flags, report, opaque, res);
+    const char *path = NULL;
+    int r = image_path(img, &path);
+    return r < 0 ? r : zcow_check(path, flags, report, opaque, res);
 }
 
 int zcow_close(zcow_image *img)

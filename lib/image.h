@@ -16,9 +16,9 @@ struct zcow_image {
     struct zcow_image *backing;
     int borrowed;
     struct zcow_image *above; /* of a BORROWED handle: the image it backs */
-    /* The name the image was opened by (zcow_open(), or the backing path
-     * resolved by the image above, found on first use), for
-     * zcow_check_image(); NULL for an image being written. */
+    /* The name zcow_open() opened the image by, for zcow_check_image();
+     * NULL for an image being written and for a backing handle (whose
+     * path the image above knows). */
     char *path;
 };
 

@@ -10,6 +10,7 @@
 #include <dlfcn.h>
 #include <errno.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -342,6 +343,51 @@ static void test_info(void)
     zcow_info_free(NULL);
 }
 
+/* Checks of one handle from several threads: each gets the file's
+ * findings, and nothing is left behind (the leak check would see a path
+ * two threads both made and one kept). */
+struct check_thread {
+    pthread_t tid;
+    pthread_barrier_t *start;
+    zcow_image *img;
+    int r;
+    uint32_t cluster_size;
+};
+
+static void *check_thread(void *arg)
+{
+    struct check_thread *t = arg;
+    zcow_check_result *res = zcow_check_result_new();
+    pthread_barrier_wait(t->start);
+    t->r = zcow_check_image(t->img, 0, NULL, NULL, res);
+    t->cluster_size = zcow_check_result_get_cluster_size(res);
+    zcow_check_result_free(res);
+    return NULL;
+}
+
+static void test_check_threads(const char *top)
+{
+    zcow_image *img;
+    CHECK(zcow_open(top, NULL, 0, &img) == 0);
+    enum { N = 4 };
+    struct check_thread t[N];
+    pthread_barrier_t start;
+    pthread_barrier_init(&start, NULL, N);
+    for (int i = 0; i < N; i++) {
+        t[i].img = zcow_get_backing(img); /* checked first here, by all at once */
+        t[i].start = &start;
+        if (pthread_create(&t[i].tid, NULL, check_thread, &t[i]) != 0)
+            abort(); /* the others would wait for it forever */
+    }
+    for (int i = 0; i < N; i++) {
+        pthread_join(t[i].tid, NULL);
+        CHECKF(t[i].r == 0 && t[i].cluster_size == 4096, "thread %d: %d, %u", i, t[i].r,
+               t[i].cluster_size);
+    }
+    pthread_barrier_destroy(&start);
+    CHECK(zcow_close(img) == 0);
+}
+
 static void test_check(void)
 {
     const char *top = tpath(1, "top.qcow2"), *base = tpath(0, "base.qcow2");
@@ -382,6 +428,7 @@ static void test_check(void)
     CHECK(zcow_check_result_get_cluster_size(res2) == 65536);
     CHECK(zcow_check_image(zcow_get_backing(img), 0, NULL, NULL, res2) == 0);
     CHECK(zcow_check_result_get_cluster_size(res2) == 4096);
+    test_check_threads(top);
     CHECK(zcow_check(base, 0, NULL, NULL, res) == 0);
     CHECK(zcow_check_result_get_image_end_offset(res2) ==
           zcow_check_result_get_image_end_offset(res));
