@@ -23,6 +23,7 @@
 #include "error.h"
 #include "options.h"
 #include "qcow2.h"
+#include "qcow2_ext.h"
 #include "qcow2_l2.h"
 #include "zcow.h"
 
@@ -248,28 +249,20 @@ int check_parse_extensions(const uint8_t *hdr, size_t len, const struct qcow2_he
 {
     uint64_t cs = 1ull << h->cluster_bits;
     uint64_t end = h->backing_file_offset ? h->backing_file_offset : cs;
-    uint64_t off = h->header_length;
     memset(ext, 0, sizeof(*ext));
     *why = NULL;
     if (end > len) {
         *why = "header extensions past the data given";
         return -EINVAL;
     }
-    while (off < end) {
-        if (end - off < 8) {
-            *why = "header extension too large";
-            return -EINVAL;
-        }
-        uint32_t type = qcow2_be32(hdr + off);
-        uint32_t elen = qcow2_be32(hdr + off + 4);
-        off += 8;
-        if (elen > end - off) {
-            *why = "header extension too large";
-            return -EINVAL;
-        }
-        const uint8_t *d = hdr + off;
-        switch (type) {
-        case QCOW2_EXT_END: return 0;
+    struct qcow2_ext_iter it;
+    struct qcow2_ext x;
+    enum qcow2_ext_status st;
+    qcow2_ext_begin(&it, hdr, h->header_length, (size_t)end);
+    while ((st = qcow2_ext_next(&it, &x)) == QCOW2_EXT_FOUND) {
+        uint32_t elen = x.len;
+        const uint8_t *d = x.data;
+        switch (x.type) {
         case QCOW2_EXT_BACKING_FORMAT:
             if (elen >= 16) { /* QEMU keeps it in a char[16] */
                 *why = "backing format name too long";
@@ -334,7 +327,10 @@ int check_parse_extensions(const uint8_t *hdr, size_t len, const struct qcow2_he
         case QCOW2_EXT_DATA_FILE: ext->has_data_file = 1; break;
         default: break; /* the feature table and unknown extensions */
         }
-        off += ((uint64_t)elen + 7) & ~7ull;
+    }
+    if (st != QCOW2_EXT_DONE) {
+        *why = "header extension too large";
+        return -EINVAL;
     }
     return 0;
 }

@@ -101,56 +101,6 @@ int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, con
     return 0;
 }
 
-struct feature_name {
-    uint8_t type, bit;
-    const char *name;
-};
-
-/* The names QEMU writes in the feature name table of every v3 image. */
-static const struct feature_name feature_names[] = {
-    { 0, 0, "dirty bit" },
-    { 0, 1, "corrupt bit" },
-    { 0, 2, "external data file" },
-    { 0, 3, "compression type" },
-    { 0, 4, "extended L2 entries" },
-    { 1, 0, "lazy refcounts" },
-    { 2, 0, "bitmaps" },
-    { 2, 1, "raw external data" },
-};
-
-static uint8_t *put_extension_header(uint8_t *p, uint32_t type, uint32_t len)
-{
-    qcow2_put_be32(p, type);
-    qcow2_put_be32(p + 4, len);
-    return p + 8;
-}
-
-int qcow2_write_extensions(void *buf, size_t cap, const char *backing_format)
-{
-    size_t n_features = sizeof(feature_names) / sizeof(feature_names[0]);
-    size_t fmt_len = backing_format ? strlen(backing_format) : 0;
-    size_t need = 8 + n_features * 48 + 8;
-    if (fmt_len)
-        need += 8 + ((fmt_len + 7) & ~(size_t)7);
-    if (need > cap)
-        return -ENOSPC;
-    uint8_t *p = buf;
-    memset(p, 0, need);
-    if (fmt_len) {
-        p = put_extension_header(p, QCOW2_EXT_BACKING_FORMAT, (uint32_t)fmt_len);
-        memcpy(p, backing_format, fmt_len);
-        p += (fmt_len + 7) & ~(size_t)7;
-    }
-    p = put_extension_header(p, QCOW2_EXT_FEATURE_TABLE, (uint32_t)(n_features * 48));
-    for (size_t i = 0; i < n_features; i++, p += 48) {
-        p[0] = feature_names[i].type;
-        p[1] = feature_names[i].bit;
-        strncpy((char *)p + 2, feature_names[i].name, 46);
-    }
-    put_extension_header(p, QCOW2_EXT_END, 0);
-    return (int)need;
-}
-
 uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
 {
     const uint8_t *b = block;

@@ -1,5 +1,9 @@
-/* qcow2.h - the qcow2 on-disk format: header, extensions, L1/L2 entries,
- * refcounts, compressed cluster descriptors.  No I/O, no policy.
+/* qcow2.h - the qcow2 on-disk format: the header, feature bits, byte
+ * order, compressed cluster descriptors, refcount entries.  No I/O, no
+ * policy.  Each structure with more to it has its own module, as QEMU's
+ * block/qcow2-*.c: qcow2_ext.h (header extensions), qcow2_l2.h (L2
+ * entries), qcow2_refcount.h (refcounts and the allocator), qcow2_cache.h
+ * (the table cache).
  * Spec: QEMU docs/interop/qcow2.txt.  All fields big-endian on disk. */
 #ifndef ZCOW_QCOW2_H
 #define ZCOW_QCOW2_H
@@ -37,16 +41,6 @@ enum {
 };
 enum { QCOW2_COMPAT_LAZY_REFCOUNTS = 1u << 0 };
 enum { QCOW2_AUTOCLEAR_BITMAPS = 1u << 0, QCOW2_AUTOCLEAR_DATA_FILE_RAW = 1u << 1 };
-
-/* Header extension types. */
-enum {
-    QCOW2_EXT_END = 0,
-    QCOW2_EXT_BACKING_FORMAT = 0xe2792aca,
-    QCOW2_EXT_FEATURE_TABLE = 0x6803f857,
-    QCOW2_EXT_CRYPTO = 0x0537be77,
-    QCOW2_EXT_BITMAPS = 0x23852875,
-    QCOW2_EXT_DATA_FILE = 0x44415441,
-};
 
 /* The header as it is on disk (version 3, 112 bytes). */
 struct qcow2_header {
@@ -123,10 +117,6 @@ void qcow2_header_encode(const struct qcow2_header *h, void *buf);
  * version 3 defaults for a version 2 header.  Returns 0, or -EINVAL with a
  * static reason in *WHY when the bytes are not a header zcow can read. */
 int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, const char **why);
-
-/* Write the feature name table extension and the end marker at BUF,
- * at most CAP bytes; returns the bytes used or -ENOSPC. */
-int qcow2_write_extensions(void *buf, size_t cap, const char *backing_format);
 
 /* Refcount entry access for refcount_order 0..6 (1..64 bits). */
 uint64_t qcow2_refcount_get(const void *block, unsigned refcount_order, uint64_t index);

@@ -28,6 +28,7 @@
 #include "codec.h"
 #include "error.h"
 #include "qcow2.h"
+#include "qcow2_ext.h"
 #include "qcow2_l2.h"
 
 /* The chain depth QEMU would hardly reach in practice; a longer one is
@@ -39,8 +40,6 @@
  * (the lookup is a scan). */
 #define L2_CACHE_BYTES (32u << 20)
 #define L2_CACHE_MAX 64
-/* Names of incompatible features from the feature table, for messages. */
-#define NAMES_CAP 2048
 
 struct l2slot {
     uint64_t offset;   /* host offset of the table; 0 = empty slot */
@@ -776,75 +775,53 @@ static char *resolve_backing(const char *image, const char *name)
     return p;
 }
 
-struct feature {
-    uint8_t type, bit;
-    char name[47];
-};
-
-/* Parse the header extensions in HDR[start, end). */
+/* Parse the header extensions in HDR[start, end).  The first unknown
+ * incompatible feature bit, if any, is UNKNOWN_BIT: its name from the
+ * feature name table goes to UNKNOWN_NAME, for the message. */
 static int read_extensions(struct reader *r, const struct chain *c, const uint8_t *hdr,
-                           size_t start, size_t end, char *feature_names, size_t names_cap)
+                           size_t start, size_t end, int unknown_bit,
+                           char unknown_name[QCOW2_FEATURE_NAME_MAX + 1])
 {
-    size_t off = start;
-    while (off + 8 <= end) {
-        uint32_t type = qcow2_be32(hdr + off);
-        uint32_t len = qcow2_be32(hdr + off + 4);
-        off += 8;
-        if (type == QCOW2_EXT_END)
-            return 0;
-        if (len > end - off)
-            return fail(c, EINVAL, "header extension %#x of %u bytes reaches past the header "
-                        "cluster", type, len);
-        const uint8_t *d = hdr + off;
-        switch (type) {
+    struct qcow2_ext_iter it;
+    struct qcow2_ext x;
+    enum qcow2_ext_status st;
+    qcow2_ext_begin(&it, hdr, start, end);
+    while ((st = qcow2_ext_next(&it, &x)) == QCOW2_EXT_FOUND) {
+        switch (x.type) {
         case QCOW2_EXT_BACKING_FORMAT:
-            if (len == 0 || len > 63)
-                return fail(c, EINVAL, "backing format name of %u bytes is invalid", len);
+            if (x.len == 0 || x.len > 63)
+                return fail(c, EINVAL, "backing format name of %u bytes is invalid", x.len);
             free(r->backing_format);
-            r->backing_format = strndup((const char *)d, len);
+            r->backing_format = strndup((const char *)x.data, x.len);
             if (!r->backing_format)
                 return zerr(ENOMEM, "out of memory");
             break;
         case QCOW2_EXT_FEATURE_TABLE:
-            /* Keep the names of incompatible features for the message
-             * about an unknown one: "bit:name\n" lines. */
-            for (uint32_t i = 0; i + 48 <= len; i += 48) {
-                if (d[i] != 0 || d[i + 1] >= 64)
-                    continue;
-                size_t used = strlen(feature_names);
-                snprintf(feature_names + used, names_cap - used, "%u:%.46s\n", d[i + 1],
-                         (const char *)d + i + 2);
-            }
+            if (unknown_bit >= 0 && !unknown_name[0])
+                qcow2_ext_feature_name(&x, 0, (unsigned)unknown_bit, unknown_name);
             break;
-        case QCOW2_EXT_DATA_FILE:
-            return fail(c, ENOTSUP, "external data files are not supported");
-        case QCOW2_EXT_CRYPTO:
-            return fail(c, ENOTSUP, "encrypted images are not supported");
-        default:
-            break; /* bitmaps and unknown extensions do not change the data */
+        case QCOW2_EXT_DATA_FILE: return fail(c, ENOTSUP, "external data files are not supported");
+        case QCOW2_EXT_CRYPTO: return fail(c, ENOTSUP, "encrypted images are not supported");
+        default: break; /* bitmaps and unknown extensions do not change the data */
         }
-        off += ((size_t)len + 7) & ~(size_t)7;
     }
+    /* More lenient than QEMU, as zcow always was: an end marker ends the
+     * area whatever length it claims, and so do fewer than 8 bytes. */
+    if (st == QCOW2_EXT_OVERRUN && x.type != QCOW2_EXT_END)
+        return fail(c, EINVAL, "header extension %#x of %u bytes reaches past the header cluster",
+                    x.type, x.len);
     return 0;
 }
 
-static int check_features(const struct chain *c, uint64_t incompat, const char *names)
+static int check_features(const struct chain *c, uint64_t incompat, const char *name)
 {
     if (incompat & QCOW2_INCOMPAT_DATA_FILE)
         return fail(c, ENOTSUP, "external data files are not supported");
     uint64_t unknown = incompat & ~(uint64_t)QCOW2_INCOMPAT_MASK;
     if (!unknown)
         return 0;
-    unsigned bit = (unsigned)__builtin_ctzll(unknown);
-    char key[8];
-    snprintf(key, sizeof(key), "%u:", bit);
-    for (const char *l = names; *l; l = strchr(l, '\n') + 1) {
-        if (!strncmp(l, key, strlen(key))) {
-            const char *name = l + strlen(key);
-            return fail(c, ENOTSUP, "unsupported qcow2 feature '%.*s'",
-                        (int)(strchr(name, '\n') - name), name);
-        }
-    }
+    if (name[0])
+        return fail(c, ENOTSUP, "unsupported qcow2 feature '%s'", name);
     return fail(c, ENOTSUP, "unsupported qcow2 feature bits %#llx", (unsigned long long)unknown);
 }
 
@@ -868,7 +845,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
     /* The first cluster holds the header, its extensions and the backing
      * file name. */
     size_t hlen = r->cluster_size < r->file_size ? r->cluster_size : (size_t)r->file_size;
-    char *names = NULL, *what = NULL;
+    char *what = NULL;
     uint8_t *hdr = malloc(hlen);
     if (!hdr)
         return zerr(ENOMEM, "out of memory");
@@ -889,16 +866,13 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
         if (h->backing_file_offset < ext_end)
             ext_end = (size_t)h->backing_file_offset;
     }
-    /* On the heap: this frame recurses once per backing file. */
-    names = calloc(1, NAMES_CAP);
-    if (!names) {
-        e = zerr(ENOMEM, "out of memory");
-        goto out;
-    }
-    e = read_extensions(r, c, hdr, h->header_length, ext_end, names, NAMES_CAP);
+    uint64_t unknown = h->incompatible_features & ~(uint64_t)QCOW2_INCOMPAT_MASK;
+    char name[QCOW2_FEATURE_NAME_MAX + 1] = "";
+    e = read_extensions(r, c, hdr, h->header_length, ext_end,
+                        unknown ? __builtin_ctzll(unknown) : -1, name);
     if (e < 0)
         goto out;
-    if ((e = check_features(c, h->incompatible_features, names)) < 0)
+    if ((e = check_features(c, h->incompatible_features, name)) < 0)
         goto out;
 
     if (h->backing_file_offset && h->backing_file_size) {
@@ -1006,7 +980,6 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
     }
 out:
     free(what);
-    free(names);
     free(hdr);
     return e;
 }

@@ -29,6 +29,7 @@
 #include "error.h"
 #include "fault.h"
 #include "qcow2.h"
+#include "qcow2_ext.h"
 #include "qcow2_l2.h"
 #include "util.h"
 

@@ -11,6 +11,7 @@
 #include "codec.h"
 #include "options.h" /* struct zcow_check_result: this test reads check.c's findings directly */
 #include "qcow2.h"
+#include "qcow2_ext.h"
 #include "unit.h"
 #include "zcow.h"
 

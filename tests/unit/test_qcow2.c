@@ -1,6 +1,6 @@
 /* test_qcow2.c - the on-disk format: compressed cluster descriptors for
- * every cluster size, header encode/decode, the extensions zcow writes,
- * refcount entries of every width.  The expectations are written from
+ * every cluster size, header encode/decode, refcount entries of every
+ * width (header extensions: test_qcow2_ext.c).  The expectations are written from
  * QEMU's docs/interop/qcow2.txt, not from lib/qcow2.c. */
 #include <errno.h>
 
@@ -261,102 +261,6 @@ static void test_header_rejects(void)
     CHECK(qcow2_header_decode(big, sizeof(big), &d, &why) == -EINVAL && why);
 }
 
-/* ---- header extensions ------------------------------------------------- */
-
-struct ext_seen {
-    int n_feature_tables, n_backing_format, end;
-    char backing_format[64];
-    int has_feature[3][64];
-    size_t used;
-};
-
-static int parse_extensions(const uint8_t *buf, size_t len, struct ext_seen *s)
-{
-    memset(s, 0, sizeof(*s));
-    size_t at = 0;
-    while (at + 8 <= len) {
-        uint32_t type = qcow2_be32(buf + at), elen = qcow2_be32(buf + at + 4);
-        at += 8;
-        if (type == QCOW2_EXT_END) {
-            CHECKF(elen == 0, "end marker with length %u", elen);
-            s->end = 1;
-            s->used = at;
-            return 0;
-        }
-        if (at + elen > len)
-            return -1;
-        if (type == QCOW2_EXT_FEATURE_TABLE) {
-            s->n_feature_tables++;
-            CHECKF(elen % 48 == 0, "feature table length %u", elen);
-            for (uint32_t i = 0; i + 48 <= elen; i += 48) {
-                const uint8_t *f = buf + at + i;
-                CHECKF(f[0] <= 2, "feature type %u", f[0]);
-                CHECKF(memchr(f + 2, 0, 46) != NULL, "feature name not terminated");
-                if (f[0] <= 2 && f[1] < 64)
-                    s->has_feature[f[0]][f[1]] = 1;
-            }
-        } else if (type == QCOW2_EXT_BACKING_FORMAT) {
-            s->n_backing_format++;
-            if (elen < sizeof(s->backing_format)) {
-                memcpy(s->backing_format, buf + at, elen);
-                s->backing_format[elen] = 0;
-            }
-        } else {
-            CHECKF(0, "unexpected extension %#x", type);
-        }
-        /* Extension data is padded to a multiple of 8 bytes. */
-        at += (elen + 7) & ~7u;
-    }
-    return -1;
-}
-
-static void test_extensions(void)
-{
-    uint8_t buf[4096];
-    struct ext_seen s;
-
-    memset(buf, 0xee, sizeof(buf));
-    int n = qcow2_write_extensions(buf, sizeof(buf), NULL);
-    CHECKF(n > 0 && n % 8 == 0, "extensions without backing: %d bytes", n);
-    CHECK(parse_extensions(buf, sizeof(buf), &s) == 0);
-    CHECK(s.end && s.used == (size_t)n);
-    CHECK(s.n_feature_tables == 1 && s.n_backing_format == 0);
-    /* The names QEMU writes: every incompatible bit zcow may set or see. */
-    for (int bit = 0; bit <= 4; bit++)
-        CHECKF(s.has_feature[0][bit], "no name for incompatible bit %d", bit);
-    CHECK(s.has_feature[1][0]); /* lazy refcounts */
-    CHECK(s.has_feature[2][0]); /* bitmaps */
-    CHECKF(buf[n] == 0xee, "wrote past the returned length");
-
-    memset(buf, 0xee, sizeof(buf));
-    n = qcow2_write_extensions(buf, sizeof(buf), "qcow2");
-    CHECK(n > 0 && n % 8 == 0);
-    CHECK(parse_extensions(buf, sizeof(buf), &s) == 0);
-    CHECK(s.end && s.used == (size_t)n);
-    CHECK(s.n_backing_format == 1 && strcmp(s.backing_format, "qcow2") == 0);
-    CHECK(s.n_feature_tables == 1);
-
-    /* Odd-length names are padded with zeros. */
-    memset(buf, 0xee, sizeof(buf));
-    n = qcow2_write_extensions(buf, sizeof(buf), "raw");
-    CHECK(n > 0 && parse_extensions(buf, sizeof(buf), &s) == 0);
-    CHECK(strcmp(s.backing_format, "raw") == 0);
-    CHECK(buf[8 + 3] == 0 && buf[8 + 7] == 0);
-
-    /* Too small a buffer: -ENOSPC, and nothing written past CAP. */
-    int full = qcow2_write_extensions(buf, sizeof(buf), "qcow2");
-    for (int cap = 0; cap < full; cap += 7) {
-        memset(buf, 0xee, sizeof(buf));
-        CHECKF(qcow2_write_extensions(buf, (size_t)cap, "qcow2") == -ENOSPC, "cap %d", cap);
-        for (size_t i = (size_t)cap; i < sizeof(buf); i++)
-            if (buf[i] != 0xee) {
-                CHECKF(0, "cap %d: byte %zu written", cap, i);
-                break;
-            }
-    }
-    CHECK(qcow2_write_extensions(buf, (size_t)full, "qcow2") == full);
-}
-
 /* ---- refcounts ----------------------------------------------------------- */
 
 static void test_refcounts(void)
@@ -426,7 +330,6 @@ int main(void)
     test_header_v3();
     test_header_v2();
     test_header_rejects();
-    test_extensions();
     test_refcounts();
     return unit_done();
 }

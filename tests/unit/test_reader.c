@@ -13,6 +13,7 @@
 
 #include "codec.h"
 #include "qcow2.h"
+#include "qcow2_ext.h"
 #include "reader.h"
 #include "source.h"
 #include "unit.h"
@@ -643,13 +644,30 @@ static void test_hostile(void)
 
     put64(v, 1ull << 5);
     patched(p, 72, v, 8);
-    expect_fail(p, NULL, "unsupported qcow2 feature", "unknown incompatible bit");
+    expect_fail(p, NULL, "unsupported qcow2 feature bits 0x20", "unknown incompatible bit");
+
+    /* Named in the feature name table (its first entry, at 120, renamed
+     * from bit 0 to bit 5): the message gives the name. */
+    patched(p, 72, v, 8);
+    {
+        struct builder nb = { .fd = open(p, O_RDWR) };
+        bwrite(&nb, "\x05", 1, 121);
+        close(nb.fd);
+    }
+    expect_fail(p, NULL, "unsupported qcow2 feature 'dirty bit'", "named incompatible bit");
 
     /* An extension that claims more bytes than the cluster holds. */
     put32(v, 0x12345678);
     put32(v + 4, 0x7fffffff);
     patched(p, 112, v, 8);
     expect_fail(p, NULL, "header extension", "extension too long");
+
+    /* An end marker (after the feature table, at 112 + 8 + 8 * 48) that
+     * claims a length: QEMU refuses it, zcow has always read on. */
+    patched(p, 504 + 4, v, 4);
+    CHECK(reader_open(p, NULL, 0, &r) == 0);
+    if (r)
+        reader_close(r);
 
     /* A backing name too long, and one reaching past the cluster. */
     put64(v, 1024);
