@@ -22,11 +22,13 @@ PKGCONFIGDIR ?= $(LIBDIR)/pkgconfig
 INSTALL ?= install
 
 # NBD=no builds without libnbd: NBD URIs are then refused ("NBD support
-# was not built in") and `zcow --version` says -nbd.
+# was not built in") and `zcow --version` says -nbd.  Backups of running
+# VMs read them over NBD: they (and their libvirt, libxml2 and jansson)
+# go with it.
 NBD ?= yes
 PKGS := zlib libzstd libisal
 ifeq ($(NBD),yes)
-PKGS += libnbd
+PKGS += libnbd jansson libvirt libxml-2.0
 else ifneq ($(NBD),no)
 $(error NBD=$(NBD): yes or no)
 endif
@@ -59,7 +61,7 @@ LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
 ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
 
 LIB_SRC := $(sort $(wildcard lib/*.c))
-NBD_ONLY := lib/source_nbd.c tests/unit/test_source_nbd.c
+NBD_ONLY := lib/source_nbd.c tests/unit/test_source_nbd.c lib/qmp.c $(wildcard lib/backup*.c)
 ifeq ($(NBD),no)
 LIB_SRC := $(filter-out $(NBD_ONLY),$(LIB_SRC))
 endif

@@ -57,87 +57,6 @@ static const char usage_text[] =
     "  paths and names out of a URI that shows in ps. Over nbds+unix:// libnbd\n"
     "  checks no server certificate (it has no host name to check it for).\n";
 
-struct progress {
-    int show; /* -p */
-    int tty;
-    int fd; /* --progress-fd, or -1 */
-    int last_fd_pct;
-    double last_pct;
-    struct timespec start;
-};
-
-static double since(const struct timespec *t0)
-{
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)(t.tv_sec - t0->tv_sec) + (double)(t.tv_nsec - t0->tv_nsec) / 1e9;
-}
-
-static void on_progress(void *opaque, uint64_t done, uint64_t total)
-{
-    struct progress *p = opaque;
-    double pct = total ? 100.0 * (double)done / (double)total : 100.0;
-    if (p->fd >= 0 && (int)pct != p->last_fd_pct) {
-        p->last_fd_pct = (int)pct;
-        dprintf(p->fd, "%d/100\n", (int)pct);
-    }
-    if (!p->show || pct - p->last_pct < 0.01)
-        return;
-    p->last_pct = pct;
-    if (!p->tty) { /* as qemu-img -p */
-        printf("    (%.2f/100%%)\r", pct);
-        fflush(stdout);
-        return;
-    }
-    double secs = since(&p->start);
-    double rate = secs > 0 ? (double)done / secs / (1 << 20) : 0;
-    double eta = done && done < total ? secs * (double)(total - done) / (double)done : 0;
-    char bar[31];
-    int filled = (int)(pct * 30 / 100);
-    for (int i = 0; i < 30; i++)
-        bar[i] = i < filled ? '#' : '.';
-    bar[30] = 0;
-    fprintf(stderr, "\r[%s] %6.2f%%  %8.1f MiB/s  ETA %4.0f s ", bar, pct, rate, eta);
-    fflush(stderr);
-}
-
-/* -o cluster_size=N,compression_type=T (parsed in a copy: argv stays as
- * it was, for ps) */
-static int parse_o(const char *optarg_text, zcow_create_opts *c)
-{
-    char arg[1024];
-    snprintf(arg, sizeof(arg), "%s", optarg_text);
-    for (char *save = NULL, *kv = strtok_r(arg, ",", &save); kv; kv = strtok_r(NULL, ",", &save)) {
-        char *v = strchr(kv, '=');
-        if (!v) {
-            die_msg("option '%s' needs a value (name=value)", kv);
-            return -1;
-        }
-        *v++ = 0;
-        unsigned long long n;
-        if (!strcmp(kv, "cluster_size")) {
-            if (parse_size(v, &n) < 0 || n > UINT32_MAX ||
-                zcow_create_opts_set_cluster_size(c, (uint32_t)n) < 0) {
-                die_msg("cluster_size '%s' must be a power of two from 4k to 2M", v);
-                return -1;
-            }
-        } else if (!strcmp(kv, "compression_type")) {
-            if (!strcmp(v, "zlib"))
-                zcow_create_opts_set_compression_type(c, ZCOW_COMPRESSION_ZLIB);
-            else if (!strcmp(v, "zstd"))
-                zcow_create_opts_set_compression_type(c, ZCOW_COMPRESSION_ZSTD);
-            else {
-                die_msg("compression_type '%s' is not zlib or zstd", v);
-                return -1;
-            }
-        } else {
-            die_msg("unknown option '%s' (cluster_size, compression_type)", kv);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 /* As the library tells NBD sources from files. */
 static int is_nbd_uri(const char *s)
 {
@@ -156,31 +75,6 @@ static int parse_cache(const char *v, int *mode, const char *flag)
         return -1;
     }
     return 0;
-}
-
-static int parse_int(const char *v, long lo, long hi, long *out, const char *what)
-{
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || end == v || *end || n < lo || n > hi) {
-        die_msg("%s '%s' must be a number from %ld to %ld", what, v, lo, hi);
-        return -1;
-    }
-    *out = n;
-    return 0;
-}
-
-static void human_bytes(uint64_t n, char *buf, size_t cap)
-{
-    const char *units[] = { "B", "KiB", "MiB", "GiB", "TiB" };
-    double v = (double)n;
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        u++;
-    }
-    snprintf(buf, cap, u ? "%.1f %s" : "%.0f %s", v, units[u]);
 }
 
 int cmd_convert(int argc, char **argv)
@@ -215,7 +109,7 @@ int cmd_convert(int argc, char **argv)
     zcow_create_opts *c = zcow_create_opts_new();
     zcow_convert_opts *o = zcow_convert_opts_new();
     zcow_convert_stats *st = zcow_convert_stats_new();
-    struct progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
+    struct cli_progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
     int quiet = 0, ch, rc = 1;
     long n;
     if (!c || !o || !st) {
@@ -233,16 +127,16 @@ int cmd_convert(int argc, char **argv)
         case 'O': a.dst_format = optarg; break;
         case 'c': break;
         case 'o':
-            if (parse_o(optarg, c) < 0)
+            if (cli_parse_o(optarg, c) < 0)
                 goto out;
             break;
         case 'l':
-            if (parse_int(optarg, 0, 19, &n, "level") < 0)
+            if (cli_parse_int(optarg, 0, 19, &n, "level") < 0)
                 goto out;
             zcow_create_opts_set_level(c, (int)n);
             break;
         case 'j':
-            if (parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
                 goto out;
             zcow_convert_opts_set_threads(o, (int)n);
             break;
@@ -276,7 +170,7 @@ int cmd_convert(int argc, char **argv)
         case OPT_TLS_PSK_FILE: a.tls_psk_file = optarg; break;
         case OPT_TLS_USERNAME: a.tls_username = optarg; break;
         case OPT_PROGRESS_FD:
-            if (parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0)
+            if (cli_parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0)
                 goto out;
             prog.fd = (int)n;
             break;
@@ -344,13 +238,11 @@ int cmd_convert(int argc, char **argv)
         die_msg("%s", zcow_get_error());
         goto out;
     }
-    prog.tty = isatty(STDERR_FILENO);
-    clock_gettime(CLOCK_MONOTONIC, &prog.start);
+    cli_progress_start(&prog);
     if (prog.show || prog.fd >= 0)
-        zcow_convert_opts_set_progress(o, on_progress, &prog);
+        zcow_convert_opts_set_progress(o, cli_progress, &prog);
     int r = zcow_convert(o, st);
-    if (prog.show)
-        fputs(prog.tty ? "\n" : "    (100.00/100%)\n", prog.tty ? stderr : stdout);
+    cli_progress_end(&prog);
     if (r < 0) {
         die_msg("%s", zcow_get_error());
         goto out;
@@ -360,8 +252,8 @@ int cmd_convert(int argc, char **argv)
         uint64_t bytes_in = zcow_convert_stats_get_bytes_in(st);
         uint64_t bytes_out = zcow_convert_stats_get_bytes_out(st);
         double seconds = zcow_convert_stats_get_seconds(st);
-        human_bytes(bytes_in, in, sizeof(in));
-        human_bytes(bytes_out, out, sizeof(out));
+        cli_human_bytes(bytes_in, in, sizeof(in));
+        cli_human_bytes(bytes_out, out, sizeof(out));
         double ratio = bytes_out ? (double)bytes_in / (double)bytes_out : 0;
         double rate = seconds > 0 ? (double)bytes_in / seconds / (1 << 20) : 0;
         printf("%s: %s in, %s out, ratio %.2f, %.2f s, %.1f MiB/s\n", dst, in, out, ratio, seconds,

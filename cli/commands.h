@@ -3,10 +3,19 @@
 #ifndef ZCOW_COMMANDS_H
 #define ZCOW_COMMANDS_H
 
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+#include "zcow.h"
+
 int cmd_convert(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_check(int argc, char **argv);
 int cmd_compare(int argc, char **argv);
+int cmd_backup(int argc, char **argv);
+int cmd_list(int argc, char **argv);
+int cmd_restore(int argc, char **argv);
 
 /* Print "zcow: MESSAGE" on stderr (one line). */
 void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -14,5 +23,26 @@ void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* Parse a size with an optional k/K, M, G, T suffix (1024-based), as
  * qemu-img does; returns 0 or -1. */
 int parse_size(const char *s, unsigned long long *out);
+
+/* -p and --progress-fd: a bar on a terminal, qemu-img's lines elsewhere;
+ * cli_progress is a zcow_progress_fn with a struct cli_progress. */
+struct cli_progress {
+    int show; /* -p */
+    int tty;
+    int fd; /* --progress-fd, or -1 */
+    int last_fd_pct;
+    double last_pct;
+    struct timespec start;
+};
+void cli_progress_start(struct cli_progress *p);
+void cli_progress(void *opaque, uint64_t done, uint64_t total);
+void cli_progress_end(const struct cli_progress *p);
+
+/* -o cluster_size=N,compression_type=T into C; -1 after a message. */
+int cli_parse_o(const char *text, zcow_create_opts *c);
+/* A number from LO to HI (WHAT names it in the message); -1 after one. */
+int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what);
+/* "1.5 GiB" */
+void cli_human_bytes(uint64_t n, char *buf, size_t cap);
 
 #endif

@@ -19,6 +19,9 @@ static const struct {
     { "info", cmd_info, "show what an image holds" },
     { "check", cmd_check, "check an image's metadata, as qemu-img check" },
     { "compare", cmd_compare, "compare the contents of two images" },
+    { "backup", cmd_backup, "back up a running VM's disks (full, incremental)" },
+    { "list", cmd_list, "list the points of a backup directory" },
+    { "restore", cmd_restore, "restore a disk from a backup directory" },
 };
 
 void die_msg(const char *fmt, ...)

@@ -399,6 +399,72 @@ ZCOW_API double zcow_convert_stats_get_seconds(const zcow_convert_stats *st);
  * -EINVAL when the source or the destination is not set. */
 ZCOW_API int zcow_convert(const zcow_convert_opts *opts, zcow_convert_stats *stats);
 
+/* ---- Backups of running VMs (zcow backup, zcow list, zcow restore) ------------------ */
+
+/* A backup directory holds the points of a VM's disks as plain qcow2
+ * images: the first point of a disk is a full image, later ones
+ * incrementals, each a compressed qcow2 whose backing file is the point
+ * before it, holding only what changed; a manifest (zcow-backup.json)
+ * lists them.  zcow_backup() takes one point of every disk at one instant
+ * while the VM runs: through libvirt (a domain: pull-mode backup and
+ * checkpoints) or through QEMU's QMP socket (fleecing and dirty bitmaps).
+ * A failed backup leaves the directory as it was, and the next one covers
+ * every change since the last good point.  Builds without NBD (make
+ * NBD=no) fail every call here with -ENOTSUP. */
+enum zcow_backup_level {
+    ZCOW_BACKUP_AUTO = 0, /* incremental when the chain and the VM's tracking
+                             agree, else full (a message says why) */
+    ZCOW_BACKUP_FULL = 1,
+    ZCOW_BACKUP_INC = 2, /* fails where auto would take a full */
+};
+
+/* What zcow_backup() does.  New options: no directory and no VM (both
+ * must be set), every writable disk, ZCOW_BACKUP_AUTO, the conversion
+ * defaults of zcow_convert_opts_new(), no messages.  Strings are copied. */
+typedef struct zcow_backup_options zcow_backup_opts;
+
+ZCOW_API zcow_backup_opts *zcow_backup_opts_new(void);
+ZCOW_API void zcow_backup_opts_free(zcow_backup_opts *o);
+/* The backup directory (made when missing). */
+ZCOW_API int zcow_backup_opts_set_dir(zcow_backup_opts *o, const char *dir);
+/* The VM: a libvirt domain (and libvirt's URI: NULL, the default, is
+ * libvirt's default), or the QMP socket of a QEMU without libvirt.  One
+ * of domain and qmp, not both. */
+ZCOW_API int zcow_backup_opts_set_domain(zcow_backup_opts *o, const char *name);
+ZCOW_API int zcow_backup_opts_set_connect(zcow_backup_opts *o, const char *uri);
+ZCOW_API int zcow_backup_opts_set_qmp(zcow_backup_opts *o, const char *socket);
+/* A disk to back up (repeatable): a libvirt disk target (vda), or a QMP
+ * block node name.  None: every writable disk. */
+ZCOW_API int zcow_backup_opts_add_disk(zcow_backup_opts *o, const char *name);
+/* enum zcow_backup_level. */
+ZCOW_API int zcow_backup_opts_set_level(zcow_backup_opts *o, int level);
+/* The points' qcow2 options, threads, progress and NBD TLS settings are
+ * copied from C; its source, destination and bitmap are the backup's. */
+ZCOW_API int zcow_backup_opts_set_convert(zcow_backup_opts *o, const zcow_convert_opts *c);
+/* One line for the user per decision and per point made ("vda: full
+ * backup: no previous point"); FN NULL (the default): none. */
+typedef void zcow_message_fn(void *opaque, const char *line);
+ZCOW_API int zcow_backup_opts_set_messages(zcow_backup_opts *o, zcow_message_fn *fn,
+                                           void *opaque);
+
+/* Take the backup.  Errors name the directory, the VM or the disk and the
+ * cause: -EBUSY when another zcow uses the directory, -EINVAL for an
+ * incremental that cannot be taken, and the VM's, libvirt's, NBD's and
+ * the file system's errors. */
+ZCOW_API int zcow_backup(const zcow_backup_opts *o);
+
+/* The points of every disk in DIR, as a JSON array (*JSON, to free()):
+ * objects with "disk", "number", "time" (seconds since the epoch),
+ * "level" ("full" or "inc"), "virtual-size", "stored-bytes" and "file"
+ * (the image, relative to DIR).  Members may be added. */
+ZCOW_API int zcow_backup_list(const char *dir, char **json);
+
+/* Restore point POINT (0: the latest) of DISK (NULL: DIR's only disk) as
+ * C says: its destination and format (raw: a sparse file or a block
+ * device) and the rest; its source is the point. */
+ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
+                                 const zcow_convert_opts *c);
+
 /* ---- Checking and comparing (zcow check, zcow compare) ---------------------------- */
 
 /* Whole-image operations come in two forms: by path, where the library

@@ -1,0 +1,397 @@
+/* backup_dir.c - the backup directory and its manifest: see backup_dir.h. */
+#include "backup_dir.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "error.h"
+#include "options.h"
+
+#define MANIFEST "zcow-backup.json"
+#define MANIFEST_TMP ".zcow-backup.json.tmp"
+#define FORMAT_NAME "zcow-backup"
+#define FORMAT_VERSION 1
+
+static char *join(const char *a, const char *b)
+{
+    char *p;
+    return asprintf(&p, "%s/%s", a, b) < 0 ? NULL : p;
+}
+
+bool backup_dir_valid_disk_name(const char *name)
+{
+    if (!name || !*name || name[0] == '.' || strlen(name) > 64)
+        return false;
+    for (const char *p = name; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '-' || *p == '_' || *p == '.'))
+            return false;
+    return true;
+}
+
+/* A manifest we can trust the shape of: every member we read later has
+ * its type, so that the rest of zcow may read it without checks. */
+static int check_manifest(const char *path, json_t *m)
+{
+    const char *fmt = json_string_value(json_object_get(m, "format"));
+    json_t *ver = json_object_get(m, "version");
+    const char *prefix = json_string_value(json_object_get(m, "prefix"));
+    json_t *disks = json_object_get(m, "disks");
+    if (!fmt || strcmp(fmt, FORMAT_NAME) || !json_is_integer(ver) || !prefix ||
+        !json_is_object(disks))
+        return zerr(EINVAL, "'%s' is not a zcow backup manifest", path);
+    if (json_integer_value(ver) != FORMAT_VERSION)
+        return zerr(ENOTSUP, "'%s': manifest version %" JSON_INTEGER_FORMAT " is not supported",
+                    path, json_integer_value(ver));
+    const char *name;
+    json_t *disk;
+    json_object_foreach(disks, name, disk)
+    {
+        json_t *points = json_object_get(disk, "points");
+        json_t *bitmap = json_object_get(disk, "bitmap");
+        if (!backup_dir_valid_disk_name(name) || !json_is_array(points) ||
+            !(json_is_null(bitmap) || json_is_string(bitmap) || !bitmap))
+            return zerr(EINVAL, "'%s': disk '%s' is malformed", path, name);
+        size_t i;
+        json_t *p;
+        json_array_foreach(points, i, p)
+        {
+            json_t *n = json_object_get(p, "number");
+            const char *level = json_string_value(json_object_get(p, "level"));
+            if (!json_is_integer(n) || json_integer_value(n) <= 0 ||
+                !json_is_string(json_object_get(p, "file")) ||
+                !json_is_integer(json_object_get(p, "virtual-size")) ||
+                !json_is_integer(json_object_get(p, "time")) || !level ||
+                (strcmp(level, "full") && strcmp(level, "inc")))
+                return zerr(EINVAL, "'%s': point %zu of disk '%s' is malformed", path, i, name);
+            if (i > 0 && json_integer_value(n) <= json_integer_value(json_object_get(
+                                                      json_array_get(points, i - 1), "number")))
+                return zerr(EINVAL, "'%s': the points of disk '%s' are out of order", path, name);
+        }
+    }
+    return 0;
+}
+
+static int new_manifest(json_t **out)
+{
+    uint8_t r[4];
+    if (getrandom(r, sizeof(r), 0) != sizeof(r))
+        return zerr_sys(errno, "cannot make a random prefix");
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "zcow-%02x%02x%02x%02x", r[0], r[1], r[2], r[3]);
+    *out = json_pack("{s:s, s:i, s:s, s:{}}", "format", FORMAT_NAME, "version", FORMAT_VERSION,
+                     "prefix", prefix, "disks");
+    return *out ? 0 : zerr(ENOMEM, "out of memory");
+}
+
+void backup_dir_close(struct backup_dir *d)
+{
+    if (!d)
+        return;
+    if (d->lock_fd >= 0)
+        close(d->lock_fd); /* drops the lock */
+    json_decref(d->manifest);
+    free(d->path);
+    free(d);
+}
+
+static int dir_open(const char *path, bool create, int lock, struct backup_dir **out)
+{
+    *out = NULL;
+    struct backup_dir *d = calloc(1, sizeof(*d));
+    if (!d || !(d->path = strdup(path))) {
+        free(d);
+        return zerr(ENOMEM, "out of memory");
+    }
+    d->lock_fd = -1;
+    int e = 0;
+    char *lock_path = NULL, *mpath = NULL;
+    if (create && mkdir(path, 0755) < 0 && errno != EEXIST) {
+        e = zerr_sys(errno, "cannot create the backup directory '%s'", path);
+        goto out;
+    }
+    /* Absolute: QEMU opens the scratch images, from its own directory. */
+    char *abs = realpath(path, NULL);
+    if (!abs) {
+        e = zerr_sys(errno, "cannot open the backup directory '%s'", path);
+        goto out;
+    }
+    free(d->path);
+    d->path = abs;
+    if (!(lock_path = join(path, ".lock")) || !(mpath = join(path, MANIFEST))) {
+        e = zerr(ENOMEM, "out of memory");
+        goto out;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        e = zerr_sys(errno, "cannot open the backup directory '%s'", path);
+        goto out;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        e = zerr(ENOTDIR, "'%s' is not a directory", path);
+        goto out;
+    }
+    /* Reading only (LOCK 0): the manifest is replaced by rename, so it is
+     * always whole, and no lock is needed. */
+    d->lock_fd = lock ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
+    if (d->lock_fd == -1) {
+        e = zerr_sys(errno, "cannot lock the backup directory '%s'", path);
+        goto out;
+    }
+    if (lock && flock(d->lock_fd, lock | LOCK_NB) < 0) {
+        e = errno == EWOULDBLOCK
+                ? zerr(EBUSY, "the backup directory '%s' is in use by another zcow", path)
+                : zerr_sys(errno, "cannot lock the backup directory '%s'", path);
+        goto out;
+    }
+    json_error_t jerr;
+    d->manifest = json_load_file(mpath, JSON_REJECT_DUPLICATES, &jerr);
+    if (!d->manifest) {
+        if (access(mpath, F_OK) == 0) {
+            e = zerr(EINVAL, "cannot read '%s': %s (line %d)", mpath, jerr.text, jerr.line);
+            goto out;
+        }
+        if (!create) {
+            e = zerr(ENOENT, "'%s' is not a zcow backup directory (no %s)", path, MANIFEST);
+            goto out;
+        }
+        if ((e = new_manifest(&d->manifest)) < 0)
+            goto out;
+    } else if ((e = check_manifest(mpath, d->manifest)) < 0) {
+        goto out;
+    }
+    d->prefix = json_string_value(json_object_get(d->manifest, "prefix"));
+out:
+    free(lock_path);
+    free(mpath);
+    if (e < 0) {
+        backup_dir_close(d);
+        return e;
+    }
+    *out = d;
+    return 0;
+}
+
+static int fsync_path(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    int r = fsync(fd) < 0 ? -errno : 0;
+    close(fd);
+    return r;
+}
+
+int backup_dir_save(struct backup_dir *d)
+{
+    char *tmp = join(d->path, MANIFEST_TMP), *final = join(d->path, MANIFEST);
+    int e = 0;
+    if (!tmp || !final) {
+        e = zerr(ENOMEM, "out of memory");
+        goto out;
+    }
+    if (json_dump_file(d->manifest, tmp, JSON_INDENT(2) | JSON_SORT_KEYS) < 0) {
+        e = zerr(EIO, "cannot write '%s'", tmp);
+        goto out;
+    }
+    if ((e = fsync_path(tmp)) < 0 || rename(tmp, final) < 0 || (e = fsync_path(d->path)) < 0) {
+        e = zerr_sys(e < 0 ? -e : errno, "cannot write '%s'", final);
+        unlink(tmp);
+    }
+out:
+    free(tmp);
+    free(final);
+    return e;
+}
+
+json_t *backup_dir_disk(struct backup_dir *d, const char *disk, bool create)
+{
+    json_t *disks = json_object_get(d->manifest, "disks");
+    json_t *e = json_object_get(disks, disk);
+    if (!e && create) {
+        e = json_pack("{s:n, s:[]}", "bitmap", "points");
+        if (!e || json_object_set_new(disks, disk, e) < 0)
+            return NULL;
+    }
+    return e;
+}
+
+json_t *backup_dir_last_point(json_t *disk)
+{
+    json_t *points = json_object_get(disk, "points");
+    size_t n = json_array_size(points);
+    return n ? json_array_get(points, n - 1) : NULL;
+}
+
+json_t *backup_dir_point(json_t *disk, uint64_t n)
+{
+    if (n == 0)
+        return backup_dir_last_point(disk);
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(disk, "points"), i, p)
+    {
+        if ((uint64_t)json_integer_value(json_object_get(p, "number")) == n)
+            return p;
+    }
+    return NULL;
+}
+
+char *backup_dir_point_name(uint64_t n)
+{
+    char *p;
+    return asprintf(&p, "%06" PRIu64 ".qcow2", n) < 0 ? NULL : p;
+}
+
+char *backup_dir_point_path(const struct backup_dir *d, const char *disk, uint64_t n)
+{
+    char *p;
+    return asprintf(&p, "%s/%s/%06" PRIu64 ".qcow2", d->path, disk, n) < 0 ? NULL : p;
+}
+
+/* Is NAME ("000007.qcow2") the image of a point of DISK? */
+static bool named_point(json_t *disk, const char *name)
+{
+    size_t i;
+    json_t *p;
+    json_array_foreach(json_object_get(disk, "points"), i, p)
+    {
+        const char *file = json_string_value(json_object_get(p, "file"));
+        const char *slash = file ? strrchr(file, '/') : NULL;
+        if (slash && !strcmp(slash + 1, name))
+            return true;
+    }
+    return false;
+}
+
+/* Remove the temporary and unnamed images in DIR/NAME. */
+static int clean_disk(struct backup_dir *d, const char *name, json_t *disk)
+{
+    char *sub = join(d->path, name);
+    if (!sub)
+        return zerr(ENOMEM, "out of memory");
+    DIR *dir = opendir(sub);
+    struct dirent *de;
+    while (dir && (de = readdir(dir))) {
+        const char *f = de->d_name;
+        size_t n = strlen(f);
+        bool image = n == 12 && strspn(f, "0123456789") == 6 && !strcmp(f + 6, ".qcow2");
+        bool temp = strstr(f, ".zcow-tmp-") != NULL;
+        if (temp || (image && !named_point(disk, f))) {
+            char *p = join(sub, f);
+            if (p)
+                unlink(p);
+            free(p);
+        }
+    }
+    if (dir)
+        closedir(dir);
+    free(sub);
+    return 0;
+}
+
+int backup_dir_clean(struct backup_dir *d)
+{
+    DIR *dir = opendir(d->path);
+    if (!dir)
+        return zerr_sys(errno, "cannot read the backup directory '%s'", d->path);
+    struct dirent *de;
+    int e = 0;
+    while (e == 0 && (de = readdir(dir))) {
+        if (de->d_type != DT_DIR || !backup_dir_valid_disk_name(de->d_name))
+            continue;
+        e = clean_disk(d, de->d_name, backup_dir_disk(d, de->d_name, false));
+    }
+    closedir(dir);
+    return e;
+}
+
+int backup_dir_open(const char *path, bool create, struct backup_dir **out)
+{
+    return dir_open(path, create, LOCK_EX, out);
+}
+
+int backup_dir_open_shared(const char *path, struct backup_dir **out)
+{
+    return dir_open(path, false, LOCK_SH, out);
+}
+
+/* ---- Reading a backup directory ------------------------------------------ */
+
+int backup_dir_list(const char *path, json_t **out)
+{
+    *out = NULL;
+    struct backup_dir *d;
+    int e = dir_open(path, false, 0, &d);
+    if (e < 0)
+        return e;
+    json_t *list = json_array();
+    const char *name;
+    json_t *disk;
+    json_object_foreach(json_object_get(d->manifest, "disks"), name, disk)
+    {
+        size_t i;
+        json_t *p;
+        json_array_foreach(json_object_get(disk, "points"), i, p)
+        {
+            json_t *row = json_deep_copy(p);
+            json_object_set_new(row, "disk", json_string(name));
+            json_array_append_new(list, row);
+        }
+    }
+    backup_dir_close(d);
+    *out = list;
+    return 0;
+}
+
+int backup_dir_restore(const char *path, const char *disk, uint64_t point,
+                       const struct zcow_convert_options *conv)
+{
+    struct backup_dir *d;
+    int e = backup_dir_open_shared(path, &d);
+    if (e < 0)
+        return e;
+    json_t *disks = json_object_get(d->manifest, "disks");
+    if (!disk) {
+        if (json_object_size(disks) != 1) {
+            e = zerr(EINVAL, "'%s' holds %zu disks: name one with --disk", path,
+                     json_object_size(disks));
+            goto out;
+        }
+        disk = json_object_iter_key(json_object_iter(disks));
+    }
+    json_t *entry = json_object_get(disks, disk);
+    if (!entry) {
+        e = zerr(ENOENT, "'%s' holds no disk '%s'", path, disk);
+        goto out;
+    }
+    json_t *p = backup_dir_point(entry, point);
+    if (!p) {
+        e = point ? zerr(ENOENT, "'%s': disk '%s' has no point %" PRIu64, path, disk, point)
+                  : zerr(ENOENT, "'%s': disk '%s' has no points", path, disk);
+        goto out;
+    }
+    char *image = join(d->path, json_string_value(json_object_get(p, "file")));
+    if (!image) {
+        e = zerr(ENOMEM, "out of memory");
+        goto out;
+    }
+    struct zcow_convert_options c = *conv;
+    c.src = image;
+    c.src_format = "qcow2";
+    struct zcow_convert_stats st;
+    e = zcow_convert(&c, &st);
+    free(image);
+out:
+    backup_dir_close(d);
+    return e;
+}
