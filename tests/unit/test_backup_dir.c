@@ -1,0 +1,150 @@
+/* test_backup_dir.c - the backup directory: manifests written and read
+ * back, malformed manifests refused with a message (never trusted), the
+ * lock, disk names that could not be file names, and the clean-up of what
+ * a failed backup left (temporary images, images of no point). */
+#include <errno.h>
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "backup_dir.h"
+#include "unit.h"
+#include "zcow.h"
+
+static char dir[] = "/tmp/zcow-test-backup-dir-XXXXXX";
+
+static void write_file(const char *name, const char *text)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    if (!f) {
+        perror(path);
+        exit(1);
+    }
+    fputs(text, f);
+    fclose(f);
+}
+
+static bool exists(const char *name)
+{
+    char path[512];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+/* A manifest with TEXT must be refused with ERR and a message naming it. */
+static void refused(const char *what, const char *text, int err)
+{
+    write_file("zcow-backup.json", text);
+    struct backup_dir *d;
+    int e = backup_dir_open(dir, false, &d);
+    CHECKF(e == -err, "%s: got %d, want %d", what, e, -err);
+    CHECKF(strstr(zcow_get_error(), "zcow-backup.json") != NULL, "%s: message '%s'", what,
+           zcow_get_error());
+    if (e == 0)
+        backup_dir_close(d);
+}
+
+static const char good[] =
+    "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"zcow-00000001\", \"disks\": "
+    "{\"vda\": {\"bitmap\": \"zcow-00000001-vda-2\", \"points\": ["
+    "{\"number\": 1, \"time\": 1, \"level\": \"full\", \"file\": \"vda/000001.qcow2\", "
+    "\"virtual-size\": 1048576, \"stored-bytes\": 1},"
+    "{\"number\": 2, \"time\": 2, \"level\": \"inc\", \"file\": \"vda/000002.qcow2\", "
+    "\"virtual-size\": 1048576, \"stored-bytes\": 1}]}}}";
+
+int main(void)
+{
+    unit_init("test_backup_dir");
+    if (!mkdtemp(dir)) {
+        perror("mkdtemp");
+        return 1;
+    }
+
+    /* A new directory: created, a fresh prefix, saved, read back. */
+    char sub[600];
+    snprintf(sub, sizeof(sub), "%s/new", dir);
+    struct backup_dir *d;
+    CHECK(backup_dir_open(sub, false, &d) == -ENOENT);
+    CHECK(backup_dir_open(sub, true, &d) == 0);
+    CHECK(strncmp(d->prefix, "zcow-", 5) == 0 && strlen(d->prefix) == 13);
+    char prefix[32];
+    snprintf(prefix, sizeof(prefix), "%s", d->prefix);
+    json_t *disk = backup_dir_disk(d, "vda", true);
+    CHECK(disk != NULL && backup_dir_last_point(disk) == NULL);
+    json_array_append_new(json_object_get(disk, "points"),
+                          json_pack("{s:i, s:i, s:s, s:s, s:i, s:i}", "number", 1, "time", 5,
+                                    "level", "full", "file", "vda/000001.qcow2", "virtual-size",
+                                    4096, "stored-bytes", 1));
+    CHECK(backup_dir_save(d) == 0);
+    /* The lock: a second writer is refused, and so is a reader. */
+    struct backup_dir *d2;
+    CHECK(backup_dir_open(sub, true, &d2) == -EBUSY);
+    CHECK(backup_dir_open_shared(sub, &d2) == -EBUSY);
+    backup_dir_close(d);
+    CHECK(backup_dir_open_shared(sub, &d) == 0);
+    CHECK(strcmp(d->prefix, prefix) == 0);
+    json_t *p = backup_dir_point(backup_dir_disk(d, "vda", false), 1);
+    CHECK(p && json_integer_value(json_object_get(p, "time")) == 5);
+    CHECK(backup_dir_point(backup_dir_disk(d, "vda", false), 2) == NULL);
+    backup_dir_close(d);
+    json_t *list;
+    CHECK(backup_dir_list(sub, &list) == 0 && json_array_size(list) == 1);
+    CHECK(!strcmp(json_string_value(json_object_get(json_array_get(list, 0), "disk")), "vda"));
+    json_decref(list);
+
+    /* Malformed manifests. */
+    refused("not JSON", "{\"format\": ", EINVAL);
+    refused("another format", "{\"format\": \"x\", \"version\": 1, \"prefix\": \"p\", \"disks\": {}}",
+            EINVAL);
+    refused("a later version",
+            "{\"format\": \"zcow-backup\", \"version\": 9, \"prefix\": \"p\", \"disks\": {}}",
+            ENOTSUP);
+    refused("a disk name with a slash",
+            "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+            "{\"../x\": {\"bitmap\": null, \"points\": []}}}",
+            EINVAL);
+    refused("a point without a file",
+            "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+            "{\"vda\": {\"bitmap\": null, \"points\": [{\"number\": 1, \"time\": 1, "
+            "\"level\": \"full\", \"virtual-size\": 1}]}}}",
+            EINVAL);
+    refused("points out of order",
+            "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+            "{\"vda\": {\"bitmap\": null, \"points\": ["
+            "{\"number\": 2, \"time\": 1, \"level\": \"full\", \"file\": \"a\", \"virtual-size\": 1},"
+            "{\"number\": 1, \"time\": 1, \"level\": \"inc\", \"file\": \"b\", "
+            "\"virtual-size\": 1}]}}}",
+            EINVAL);
+    refused("a duplicate key",
+            "{\"format\": \"zcow-backup\", \"format\": \"zcow-backup\", \"version\": 1, "
+            "\"prefix\": \"p\", \"disks\": {}}",
+            EINVAL);
+
+    /* Clean-up: temporary images and images of no point go, the rest
+     * stays. */
+    write_file("zcow-backup.json", good);
+    mkdir(strcat(strcpy(sub, dir), "/vda"), 0755);
+    mkdir(strcat(strcpy(sub, dir), "/vdb"), 0755);
+    write_file("vda/000001.qcow2", "x");
+    write_file("vda/000002.qcow2", "x");
+    write_file("vda/000003.qcow2", "x"); /* a failed point's */
+    write_file("vda/000003.qcow2.zcow-tmp-123456", "x");
+    write_file("vda/notes.txt", "x");
+    write_file("vdb/000001.qcow2", "x"); /* a disk the manifest lacks */
+    CHECK(backup_dir_open(dir, false, &d) == 0);
+    CHECK(backup_dir_clean(d) == 0);
+    backup_dir_close(d);
+    CHECK(exists("vda/000001.qcow2") && exists("vda/000002.qcow2") && exists("vda/notes.txt"));
+    CHECK(!exists("vda/000003.qcow2") && !exists("vda/000003.qcow2.zcow-tmp-123456"));
+    CHECK(!exists("vdb/000001.qcow2"));
+
+    /* Disk names. */
+    CHECK(backup_dir_valid_disk_name("vda") && backup_dir_valid_disk_name("virtio-disk0"));
+    CHECK(!backup_dir_valid_disk_name("") && !backup_dir_valid_disk_name(".hidden"));
+    CHECK(!backup_dir_valid_disk_name("a/b") && !backup_dir_valid_disk_name("a b"));
+
+    if (system(strcat(strcpy(sub, "rm -rf "), dir)) != 0)
+        perror("rm");
+    return unit_done();
+}
