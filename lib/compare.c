@@ -1,17 +1,19 @@
 /* compare.c - `zcow compare`: do two images hold the same guest bytes?
- * Reads both through the public reader in 4 MiB blocks on a few threads;
+ * Reads both through the public reader in 4 MiB blocks on a few threads
+ * of a pool (pool.h);
  * the first mismatch, at 512-byte granularity as qemu-img compare reports
  * it, is the smallest any thread found. */
 #include <errno.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "error.h"
 #include "options.h"
+#include "pool.h"
 #include "zcow.h"
 
 #define CMP_BLOCK (4u << 20)
@@ -23,9 +25,11 @@ struct cmp {
     uint64_t common;         /* bytes both images have */
     uint64_t total;          /* bytes of the longer one */
     zcow_image *longer;      /* NULL when the sizes are equal */
-    _Atomic uint64_t next;   /* next block index to take */
     _Atomic uint64_t found;  /* smallest mismatch offset; UINT64_MAX none */
     struct zerr_first first; /* the read error of the lowest block */
+    struct {
+        uint8_t *a, *b;
+    } bufs[CMP_MAX_THREADS]; /* per pool thread */
 };
 
 static void record_mismatch(struct cmp *c, uint64_t off)
@@ -97,35 +101,54 @@ static int compare_block(struct cmp *c, uint8_t *ba, uint8_t *bb, uint64_t off, 
     return 0;
 }
 
-static void *worker(void *arg)
+/* Is there nothing to learn from the block at OFF: an earlier mismatch
+ * or read error is known? */
+static bool settled_before(struct cmp *c, uint64_t off)
+{
+    return off >= atomic_load(&c->found) ||
+           (zerr_failed(&c->first) && zerr_kept_at(&c->first) < off);
+}
+
+/* A pool job: compare block N with this worker's buffers. */
+static void compare_job(void *arg, uint64_t n, unsigned worker)
 {
     struct cmp *c = arg;
-    uint8_t *ba = NULL, *bb = NULL;
-    if (posix_memalign((void **)&ba, 4096, CMP_BLOCK) ||
-        posix_memalign((void **)&bb, 4096, CMP_BLOCK)) {
-        zerr_keep_at(&c->first, zerr(ENOMEM, "out of memory"), 0);
-        goto out;
+    uint64_t off = n * CMP_BLOCK;
+    if (settled_before(c, off))
+        return;
+    size_t len = (size_t)(c->total - off < CMP_BLOCK ? c->total - off : CMP_BLOCK);
+    int r = compare_block(c, c->bufs[worker].a, c->bufs[worker].b, off, len);
+    if (r < 0)
+        zerr_keep_at(&c->first, r, off);
+}
+
+/* Compare every block, in order, on up to CMP_MAX_THREADS threads. */
+static int compare_all(struct cmp *c)
+{
+    uint64_t blocks = (c->total + CMP_BLOCK - 1) / CMP_BLOCK;
+    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+    unsigned n = cpus > CMP_MAX_THREADS ? CMP_MAX_THREADS : cpus < 1 ? 1 : (unsigned)cpus;
+    if (n > blocks)
+        n = blocks ? (unsigned)blocks : 1;
+    struct pool *p;
+    int r = pool_create(n, 2 * n, &p);
+    if (r < 0)
+        return r;
+    n = pool_threads(p);
+    for (unsigned i = 0; i < n && r == 0; i++)
+        if (posix_memalign((void **)&c->bufs[i].a, 4096, CMP_BLOCK) ||
+            posix_memalign((void **)&c->bufs[i].b, 4096, CMP_BLOCK))
+            r = zerr(ENOMEM, "out of memory");
+    /* Blocks are queued and taken in order: once one settles the answer,
+     * no later block can change it. */
+    for (uint64_t i = 0; i < blocks && r == 0 && !settled_before(c, i * CMP_BLOCK); i++)
+        pool_add(p, compare_job, c, i);
+    pool_free(p);
+    for (unsigned i = 0; i < n; i++) {
+        free(c->bufs[i].a);
+        free(c->bufs[i].b);
     }
-    for (;;) {
-        uint64_t idx = atomic_fetch_add(&c->next, 1);
-        if (idx >= (c->total + CMP_BLOCK - 1) / CMP_BLOCK)
-            break;
-        uint64_t off = idx * CMP_BLOCK;
-        /* Blocks are taken in order: past a mismatch, nothing earlier
-         * remains to be found by this thread. */
-        if (off >= atomic_load(&c->found) || zerr_failed(&c->first))
-            break;
-        size_t len = (size_t)(c->total - off < CMP_BLOCK ? c->total - off : CMP_BLOCK);
-        int r = compare_block(c, ba, bb, off, len);
-        if (r < 0) {
-            zerr_keep_at(&c->first, r, off);
-            break;
-        }
-    }
-out:
-    free(ba);
-    free(bb);
-    return NULL;
+    return r;
 }
 
 static int image_size(zcow_image *img, uint64_t *size)
@@ -164,28 +187,17 @@ int zcow_compare_images(zcow_image *a, zcow_image *b, int strict, uint64_t *mism
                   : sb > sa ? b
                             : NULL,
     };
-    atomic_init(&c.next, 0);
     atomic_init(&c.found, UINT64_MAX);
     zerr_first_init(&c.first);
 
-    uint64_t blocks = (c.total + CMP_BLOCK - 1) / CMP_BLOCK;
-    long cpus = sysconf(_SC_NPROCESSORS_ONLN);
-    int nthreads = cpus > CMP_MAX_THREADS ? CMP_MAX_THREADS : cpus < 1 ? 1 : (int)cpus;
-    if ((uint64_t)nthreads > blocks)
-        nthreads = blocks ? (int)blocks : 1;
-    pthread_t tids[CMP_MAX_THREADS];
-    int started = 0;
-    for (int i = 1; i < nthreads; i++) {
-        if (pthread_create(&tids[started], NULL, worker, &c) != 0)
-            break; /* fewer threads still finish the job */
-        started++;
+    r = compare_all(&c);
+    if (r < 0) {
+        zerr_first_destroy(&c.first);
+        return r;
     }
-    worker(&c);
-    for (int i = 0; i < started; i++)
-        pthread_join(tids[i], NULL);
 
     /* Every block below the lowest failed or mismatching one was compared
-     * (blocks are taken in order and finished before a thread stops), so
+     * (a block is skipped only when an earlier one settled the answer), so
      * whichever of the two comes first decides. */
     uint64_t found = atomic_load(&c.found);
     if (zerr_failed(&c.first) && zerr_kept_at(&c.first) <= found)
