@@ -56,11 +56,12 @@ struct job {
 
 enum slot_state { SLOT_FREE, SLOT_READING, SLOT_READY, SLOT_WRITING };
 
-/* A stretch of a segment, cluster aligned: data to read and write, or
- * zeros (a hole) to skip or, over a backing file, to state. */
+/* A stretch of a segment, cluster aligned: data to read and write, zeros
+ * (a hole) to skip or, over a backing file, to state, or unchanged
+ * stretches left to the backing file. */
 struct stretch {
     uint64_t off, end;
-    bool zero;
+    enum extent_kind kind;
 };
 
 /* A segment's plan: its stretches, found once from the source's extents. */
@@ -148,27 +149,34 @@ static void skip_hole(struct job *j, uint64_t end)
     }
 }
 
-/* The segment before AT ends in a hole: if the hole goes on past AT, let
- * every worker skip the segments wholly inside it. */
+/* Stretches of KIND need nothing written: unchanged ones, and zeros where
+ * no backing file shows through. */
+static bool skippable(const struct job *j, enum extent_kind kind)
+{
+    return kind == EXTENT_UNCHANGED || (kind == EXTENT_ZERO && !j->zero_clusters);
+}
+
+/* The segment before AT ends in a skippable stretch: if it goes on past
+ * AT, let every worker skip the segments wholly inside it. */
 static int skip_beyond(struct job *j, uint64_t at)
 {
     uint64_t len;
-    int is_zero;
-    int r = j->src->ops->extent(j->src, at, j->size - at, &len, &is_zero);
-    if (r == 0 && is_zero && len >= j->segment)
+    enum extent_kind kind = EXTENT_DATA;
+    int r = j->src->ops->extent(j->src, at, j->size - at, &len, &kind);
+    if (r == 0 && skippable(j, kind) && len >= j->segment)
         skip_hole(j, at + len);
     return r;
 }
 
-static void plan_add(struct plan *p, uint64_t off, uint64_t end, bool zero)
+static void plan_add(struct plan *p, uint64_t off, uint64_t end, enum extent_kind kind)
 {
-    if (p->n && p->s[p->n - 1].zero == zero && p->s[p->n - 1].end == off)
+    if (p->n && p->s[p->n - 1].kind == kind && p->s[p->n - 1].end == off)
         p->s[p->n - 1].end = end;
     else
-        p->s[p->n++] = (struct stretch){ off, end, zero };
+        p->s[p->n++] = (struct stretch){ off, end, kind };
 }
 
-/* Split a segment into data and zero stretches at cluster granularity (a
+/* Split a segment into stretches of each kind at cluster granularity (a
  * cluster with any data in it is data). */
 static int plan_segment(struct job *j, uint64_t seg_off, struct plan *p)
 {
@@ -177,24 +185,24 @@ static int plan_segment(struct job *j, uint64_t seg_off, struct plan *p)
     p->n = 0;
     while (off < seg_end) {
         uint64_t len = seg_end - off;
-        int is_zero = 0;
+        enum extent_kind kind = EXTENT_DATA;
         if (j->src->ops->extent) {
-            int r = j->src->ops->extent(j->src, off, len, &len, &is_zero);
+            int r = j->src->ops->extent(j->src, off, len, &len, &kind);
             if (r < 0)
                 return r;
             /* A hole to the segment's end may go on: the segments wholly
-             * inside it are skipped.  (Not over a backing file: there the
-             * zeros are written.) */
-            if (is_zero && off + len == seg_end && seg_end < j->size && !j->zero_clusters &&
+             * inside it are skipped.  (Not zeros over a backing file:
+             * there they are written.) */
+            if (skippable(j, kind) && off + len == seg_end && seg_end < j->size &&
                 (r = skip_beyond(j, seg_end)) < 0)
                 return r;
         }
         uint64_t end = len > seg_end - off ? seg_end : off + len;
-        if (is_zero) {
+        if (kind != EXTENT_DATA) {
             /* Whole clusters of the hole are zero; a partial one is data. */
             uint64_t zero_end = end == seg_end ? end : end & ~(uint64_t)(j->cluster_size - 1);
             if (zero_end > off) {
-                plan_add(p, off, zero_end, true);
+                plan_add(p, off, zero_end, kind);
                 off = zero_end;
                 continue;
             }
@@ -204,7 +212,7 @@ static int plan_segment(struct job *j, uint64_t seg_off, struct plan *p)
         }
         if (end > seg_end)
             end = seg_end;
-        plan_add(p, off, end, false);
+        plan_add(p, off, end, EXTENT_DATA);
         off = end;
     }
     return 0;
@@ -215,7 +223,7 @@ static int read_segment(struct job *j, uint64_t seg_off, uint8_t *buf, const str
 {
     for (unsigned i = 0; i < p->n; i++) {
         const struct stretch *st = &p->s[i];
-        if (st->zero)
+        if (st->kind != EXTENT_DATA)
             continue;
         size_t io = (st->end - st->off + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
         int r = j->src->ops->pread(j->src, buf + (st->off - seg_off), io, st->off);
@@ -234,7 +242,9 @@ static int write_segment(struct job *j, uint64_t seg_off, uint8_t *buf, uint8_t 
         const struct stretch *st = &p->s[i];
         uint8_t *at = buf + (st->off - seg_off);
         int r = 0;
-        if (st->zero)
+        if (st->kind == EXTENT_UNCHANGED)
+            r = 0;
+        else if (st->kind == EXTENT_ZERO)
             r = j->zero_clusters ? write_zero_clusters(j, st->off, st->end, cbuf) : 0;
         else if (j->src->ops->read_compressed)
             r = copy_range(j, st->off, st->end - st->off, at, cbuf);
@@ -428,8 +438,7 @@ int convert_to_qcow2(const struct zcow_convert_options *o, struct source *src,
     if (copts.virtual_size == 0)
         return zerr(EINVAL, "'%s': source is empty", src->name);
     struct job j = { .o = o, .src = src, .size = copts.virtual_size };
-    /* With a dirty bitmap the skipped stretches are the clean ones. */
-    j.zero_clusters = copts.backing_file && !o->bitmap;
+    j.zero_clusters = copts.backing_file != NULL;
     j.cluster_size = copts.cluster_size ? copts.cluster_size : 65536;
     int n = convert_threads(o);
     if (n > MAX_THREADS)

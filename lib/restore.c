@@ -127,11 +127,11 @@ static int restore_chunk(struct restore *j, uint64_t off, uint8_t *buf)
     /* A chunk that the source knows to be zero is not read at all. */
     if (ops->extent) {
         uint64_t elen;
-        int zero;
-        int e = ops->extent(j->src, off, len, &elen, &zero);
+        enum extent_kind kind = EXTENT_DATA;
+        int e = ops->extent(j->src, off, len, &elen, &kind);
         if (e < 0)
             return e;
-        if (zero && elen >= len) {
+        if (kind == EXTENT_ZERO && elen >= len) {
             if (!j->blockdev)
                 return 0;
             memset(buf, 0, wlen);

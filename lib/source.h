@@ -13,17 +13,27 @@
 
 struct source;
 
+/* What a stretch of a source holds, as its extent op says. */
+enum extent_kind {
+    EXTENT_DATA,      /* bytes to read */
+    EXTENT_ZERO,      /* reads as zero; need not be read */
+    EXTENT_UNCHANGED, /* unchanged since an earlier copy (clean in an NBD
+                         dirty bitmap): not read, and left to what the
+                         destination holds there (its backing file) */
+};
+
 struct source_ops {
     const char *name; /* "raw", "qcow2", ... */
     /* Read LEN bytes at OFF into BUF.  BUF, OFF and LEN are BLK_ALIGN
      * aligned, except that OFF+LEN may pass the end of the source: the
      * bytes past the end read as zero.  Required. */
     int (*pread)(struct source *s, void *buf, size_t len, uint64_t off);
-    /* From OFF, how many bytes (*LEN, at least 1, at most MAX) are alike:
-     * all data (*IS_ZERO = 0) or known to read as zero (*IS_ZERO = 1).
-     * MAX bounds the work: a call looks no further than it.  NULL means
-     * everything is data. */
-    int (*extent)(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero);
+    /* From OFF, how many bytes (*LEN, at least 1, at most MAX) are of one
+     * kind, *KIND.  Past the end of the source all is EXTENT_ZERO.  MAX
+     * bounds the work: a call looks no further than it (a qcow2 chain
+     * walk costs what it touches).  NULL means everything is data. */
+    int (*extent)(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
+                  enum extent_kind *kind);
     /* For sources whose clusters are stored compressed (qcow2): if the
      * cluster at OFF is compressed with TYPE in CLUSTER_SIZE clusters, read
      * its stream into BUF (CAP bytes: room for the whole sectors qcow2
@@ -41,8 +51,8 @@ struct source_ops {
 
 struct source {
     const struct source_ops *ops;
-    char *name;     /* for messages */
-    uint64_t size;  /* virtual size in bytes */
+    char *name;    /* for messages */
+    uint64_t size; /* virtual size in bytes */
     void *priv;
 };
 
@@ -59,8 +69,8 @@ int source_qcow2_open(const char *name, bool direct, struct source **out);
  * nbds+unix://)?  source_open() sends those to source_nbd_open().
  * With BITMAP (a dirty bitmap the server exports as the meta context
  * "qemu:dirty-bitmap:BITMAP"), the extent op reports the clean stretches
- * as is_zero = 1 and the dirty ones as data: a conversion skips the clean
- * stretches, leaving them to the new image's backing file.  Errors:
+ * as EXTENT_UNCHANGED and the dirty ones as data: a conversion skips the
+ * clean stretches, leaving them to the new image's backing file.  Errors:
  * -ENOENT when the server does not export the bitmap; connection errors
  * name the URI and libnbd's cause.  TLS (may be NULL) is set on each
  * connection before the URI, whose own TLS values then win; -EINVAL when

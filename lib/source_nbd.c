@@ -12,7 +12,7 @@
  * Block status: the base:allocation context tells holes and zeroes, which
  * are never read.  With a dirty bitmap ("qemu:dirty-bitmap:NAME", for
  * incremental backups) the extent op reports the clean stretches as
- * is_zero = 1, so that the conversion leaves them unallocated for the
+ * EXTENT_UNCHANGED, so that the conversion leaves them unallocated for the
  * backing file to fill, and the dirty ones as data; zeroes inside dirty
  * stretches still come from base:allocation without being read.
  *
@@ -636,17 +636,18 @@ static int nbd_src_pread(struct source *s, void *buf, size_t len, uint64_t off)
     return e;
 }
 
-static int nbd_src_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
+static int nbd_src_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
+                          enum extent_kind *kind)
 {
     struct nbd_src *ns = s->priv;
     if (off >= ns->size) {
         *len = max;
-        *is_zero = 1;
+        *kind = EXTENT_ZERO;
         return 0;
     }
     if (!ns->base_alloc && !ns->bitmap_ctx) {
         *len = ns->size - off < max ? ns->size - off : max;
-        *is_zero = 0;
+        *kind = EXTENT_DATA;
         return 0;
     }
     struct bs_cache *bc = bs_cache_get(ns);
@@ -663,10 +664,10 @@ static int nbd_src_extent(struct source *s, uint64_t off, uint64_t max, uint64_t
     if (ns->bitmap_ctx) {
         /* Clean stretches are skipped (left to the backing file). */
         r = runs_find(&bc->dirty, off);
-        *is_zero = !(r->flags & 1);
+        *kind = r->flags & 1 ? EXTENT_DATA : EXTENT_UNCHANGED;
     } else {
         r = runs_find(&bc->alloc, off);
-        *is_zero = (r->flags & LIBNBD_STATE_ZERO) != 0;
+        *kind = r->flags & LIBNBD_STATE_ZERO ? EXTENT_ZERO : EXTENT_DATA;
     }
     *len = (r->end < bc->end ? r->end : bc->end) - off;
     if (*len > max)

@@ -25,9 +25,13 @@ static int q_pread(struct source *s, void *buf, size_t len, uint64_t off)
     return reader_read(s->priv, off, buf, len);
 }
 
-static int q_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
+static int q_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
+                    enum extent_kind *kind)
 {
-    return reader_extent(s->priv, off, max, len, is_zero);
+    int zero = 0;
+    int e = reader_extent(s->priv, off, max, len, &zero);
+    *kind = zero ? EXTENT_ZERO : EXTENT_DATA;
+    return e;
 }
 
 static int q_read_compressed(struct source *s, uint64_t off, int type, uint32_t cluster_size,

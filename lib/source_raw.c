@@ -26,33 +26,34 @@ static int raw_pread(struct source *s, void *buf, size_t len, uint64_t off)
     return 0;
 }
 
-static int raw_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len, int *is_zero)
+static int raw_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
+                      enum extent_kind *kind)
 {
     struct blk *b = s->priv;
     if (off >= s->size) {
         *len = UINT64_MAX - off;
-        *is_zero = 1;
+        *kind = EXTENT_ZERO;
         goto out;
     }
     off_t data = lseek(b->fd, (off_t)off, SEEK_DATA);
     if (data < 0 && errno == ENXIO) { /* a hole up to the end */
         *len = s->size - off;
-        *is_zero = 1;
+        *kind = EXTENT_ZERO;
         goto out;
     }
     if (data < 0) { /* SEEK_DATA unsupported: all data */
         *len = s->size - off;
-        *is_zero = 0;
+        *kind = EXTENT_DATA;
         goto out;
     }
     if ((uint64_t)data > off) {
         *len = (uint64_t)data - off;
-        *is_zero = 1;
+        *kind = EXTENT_ZERO;
         goto out;
     }
     off_t hole = lseek(b->fd, (off_t)off, SEEK_HOLE);
     *len = (hole < 0 || (uint64_t)hole <= off ? s->size : (uint64_t)hole) - off;
-    *is_zero = 0;
+    *kind = EXTENT_DATA;
 out:
     if (*len > max)
         *len = max;

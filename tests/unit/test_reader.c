@@ -326,14 +326,14 @@ static void test_kinds(unsigned cb, int ctype, bool ext, int version, bool direc
         uint64_t off = 0;
         while (off < size) {
             uint64_t len;
-            int zero;
+            enum extent_kind zero;
             if (s->ops->extent(s, off, size - off, &len, &zero) < 0 || len == 0) {
                 CHECKF(0, "%s: extent at %llu failed", what, (unsigned long long)off);
                 break;
             }
             uint64_t c = off / cs;
-            CHECKF(zero == (c % 5 == 0 || c % 5 == 2), "%s: extent at %llu zero=%d", what,
-                   (unsigned long long)off, zero);
+            CHECKF(zero == (c % 5 == 0 || c % 5 == 2 ? EXTENT_ZERO : EXTENT_DATA),
+                   "%s: extent at %llu kind %d", what, (unsigned long long)off, (int)zero);
             off += len;
         }
         free(cbuf);
