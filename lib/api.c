@@ -23,10 +23,13 @@ int zcow_create(const char *path, const struct zcow_create_options *opts, zcow_i
     *out = NULL;
     if (!path || !opts)
         return zerr(EINVAL, "zcow_create: missing path or options");
+    int r = create_options_check_cache_clusters(opts->cache_clusters);
+    if (r < 0)
+        return r;
     zcow_image *img = new_handle();
     if (!img)
         return -ENOMEM;
-    int r = writer_create(path, opts, &img->w);
+    r = writer_create(path, opts, &img->w);
     if (r < 0) {
         free(img);
         return r;

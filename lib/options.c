@@ -9,15 +9,12 @@
 
 #include "error.h"
 
-/* Bounds with their reasons. */
+/* Bounds with their reasons (MAX_CACHE_CLUSTERS's is in options.h). */
 #define MIN_CLUSTER_SIZE 4096u      /* zcow's smallest: one O_DIRECT block */
 #define MAX_CLUSTER_SIZE (2u << 20) /* qcow2's largest (cluster_bits 21) */
 #define MAX_LEVEL 19                /* zstd's; zlib's is 9 */
-#define MAX_CACHE_CLUSTERS                                                                         \
-    (1u << 20)                /* the write cache's hash table is sized
-                                         from it (twice as many slots) */
-#define MAX_BACKING_NAME 1023 /* QEMU refuses longer names */
-#define MAX_THREADS 256       /* what convert.c runs at most */
+#define MAX_BACKING_NAME 1023       /* QEMU refuses longer names */
+#define MAX_THREADS 256             /* what convert.c runs at most */
 
 void create_options_defaults(struct zcow_create_options *o)
 {
@@ -193,14 +190,21 @@ int zcow_create_opts_set_drop_pages(zcow_create_opts *o, bool on)
     return 0;
 }
 
-int zcow_create_opts_set_cache_clusters(zcow_create_opts *o, unsigned clusters)
+int create_options_check_cache_clusters(unsigned clusters)
 {
-    MISSING(o);
     if (clusters > MAX_CACHE_CLUSTERS)
         return zerr(EINVAL, "cache_clusters '%u' must be from 0 (the default) to %u", clusters,
                     MAX_CACHE_CLUSTERS);
-    o->cache_clusters = clusters;
     return 0;
+}
+
+int zcow_create_opts_set_cache_clusters(zcow_create_opts *o, unsigned clusters)
+{
+    MISSING(o);
+    int r = create_options_check_cache_clusters(clusters);
+    if (r == 0)
+        o->cache_clusters = clusters;
+    return r;
 }
 
 int zcow_create_opts_set_atomic(zcow_create_opts *o, bool on)

@@ -113,4 +113,13 @@ struct zcow_check_result {
 void create_options_defaults(struct zcow_create_options *o);
 void convert_options_defaults(struct zcow_convert_options *o);
 
+/* The write cache's bound: its hash table is sized from it (twice as many
+ * slots, doubling from 64), which no longer ends near 2^31 clusters. */
+#define MAX_CACHE_CLUSTERS (1u << 20)
+
+/* 0, or -EINVAL with the setter's message when CLUSTERS is beyond
+ * MAX_CACHE_CLUSTERS: zcow_create() checks it too, for options that did
+ * not come through the setter (the 0.1 entry points'). */
+int create_options_check_cache_clusters(unsigned clusters);
+
 #endif

@@ -595,7 +595,14 @@ static void test_v0_1(void)
     co.s.cache_mode = ZCOW_CACHE_WRITEBACK;
     const char *path = tpath(4, "v01.qcow2");
     zcow_image *img;
+    /* 0.1 checked no cache bound: one near 2^31 made the write cache's
+     * hash sizing loop forever.  Refused as the setter refuses it. */
+    co.s.cache_clusters = 0x7fffffffu;
     int r = create(path, &co.s, &img);
+    CHECKF(r == -EINVAL && strstr(get_error(), "cache_clusters '2147483647'"), "%d %s", r,
+           get_error());
+    co.s.cache_clusters = 0;
+    r = create(path, &co.s, &img);
     CHECKF(r == 0, "0.1 create: %s", get_error());
     if (r == 0) {
         static uint8_t ones[65536];
@@ -646,6 +653,7 @@ static void test_v0_1(void)
 int main(void)
 {
     unit_init("test_api");
+    alarm(300); /* a hang (as a bad cache bound once made) fails, fast */
     if (!mkdtemp(dir)) {
         perror("mkdtemp");
         return 1;
