@@ -25,6 +25,7 @@
 #include "qcow2.h"
 #include "qcow2_ext.h"
 #include "qcow2_l2.h"
+#include "qcow2_refcount.h"
 #include "zcow.h"
 
 /* QEMU's limits (block/qcow2.h, block/qcow2-bitmap.c); an image beyond
@@ -213,7 +214,8 @@ static bool count_range(struct check *c, uint64_t off, uint64_t len, uint64_t mu
 static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
 {
     *out = 0;
-    uint64_t idx = k >> c->rb_bits;
+    uint64_t idx, index;
+    qcow2_refcount_locate(c->cb, c->order, k, &idx, &index);
     if (idx >= c->reftable_len)
         return 0;
     uint64_t rb = c->reftable[idx] & REFT_OFFSET_MASK;
@@ -224,8 +226,8 @@ static int stored_refcount(struct check *c, uint64_t k, uint64_t *out)
     if (rb > QEMU_MAX_LENGTH - c->cs)
         return -EIO; /* QEMU's block layer refuses the read */
     if (rb >= c->file_len)
-        return 0;                                                /* reads as zero */
-    uint64_t bit = (k & ((1ull << c->rb_bits) - 1)) << c->order; /* < 8 * cs */
+        return 0;                     /* reads as zero */
+    uint64_t bit = index << c->order; /* < 8 * cs */
     uint64_t byte = rb + (bit >> 3);
     uint64_t page = byte & ~(uint64_t)(RC_PAGE - 1);
     unsigned slot = (unsigned)((page / RC_PAGE) % RC_PAGES);
@@ -380,7 +382,7 @@ static int open_header(struct check *c, const char *path)
     c->ext_l2 = h->incompatible_features & QCOW2_INCOMPAT_EXTL2;
     c->l2_esize = qcow2_l2_entry_bytes(c->ext_l2);
     c->l2_entries = c->cs / c->l2_esize;
-    c->rb_bits = c->cb + 3 - c->order;
+    c->rb_bits = qcow2_refblock_bits(c->cb, c->order);
     c->res->cluster_size = (uint32_t)c->cs;
     c->res->marked_corrupt = !!(h->incompatible_features & QCOW2_INCOMPAT_CORRUPT);
     c->res->marked_dirty = !!(h->incompatible_features & QCOW2_INCOMPAT_DIRTY);
@@ -533,7 +535,7 @@ static int alloc_counters(struct check *c, const char *path)
         c->counter_max = UINT32_MAX;
     } else {
         c->rc16 = calloc(n, 2);
-        c->counter_max = (1ull << (1u << c->order)) - 1;
+        c->counter_max = qcow2_refcount_max(c->order);
     }
     c->rc_pages = malloc((size_t)RC_PAGES * RC_PAGE);
     if ((!c->rc16 && !c->rc32) || !c->rc_pages)

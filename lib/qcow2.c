@@ -100,39 +100,3 @@ int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, con
     *why = NULL;
     return 0;
 }
-
-uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
-{
-    const uint8_t *b = block;
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned bits = 1u << order;
-        unsigned per_byte = 8 / bits;
-        unsigned shift = (unsigned)(i % per_byte) * bits;
-        return (b[i / per_byte] >> shift) & ((1u << bits) - 1);
-    }
-    case 3: return b[i];
-    case 4: return qcow2_be16(b + 2 * i);
-    case 5: return qcow2_be32(b + 4 * i);
-    default: return qcow2_be64(b + 8 * i);
-    }
-}
-
-void qcow2_refcount_set(void *block, unsigned order, uint64_t i, uint64_t v)
-{
-    uint8_t *b = block;
-    switch (order) {
-    case 0: case 1: case 2: {
-        unsigned bits = 1u << order;
-        unsigned per_byte = 8 / bits;
-        unsigned shift = (unsigned)(i % per_byte) * bits;
-        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
-        b[i / per_byte] = (uint8_t)((b[i / per_byte] & ~mask) | ((v << shift) & mask));
-        break;
-    }
-    case 3: b[i] = (uint8_t)v; break;
-    case 4: qcow2_put_be16(b + 2 * i, (uint16_t)v); break;
-    case 5: qcow2_put_be32(b + 4 * i, (uint32_t)v); break;
-    default: qcow2_put_be64(b + 8 * i, v); break;
-    }
-}

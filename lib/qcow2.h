@@ -1,9 +1,8 @@
 /* qcow2.h - the qcow2 on-disk format: the header, feature bits, byte
- * order, compressed cluster descriptors, refcount entries.  No I/O, no
- * policy.  Each structure with more to it has its own module, as QEMU's
+ * order, compressed cluster descriptors.  No I/O, no policy.  Each
+ * structure with more to it has its own module, as in QEMU's
  * block/qcow2-*.c: qcow2_ext.h (header extensions), qcow2_l2.h (L2
- * entries), qcow2_refcount.h (refcounts and the allocator), qcow2_cache.h
- * (the table cache).
+ * entries), qcow2_refcount.h (refcounts and the allocator).
  * Spec: QEMU docs/interop/qcow2.txt.  All fields big-endian on disk. */
 #ifndef ZCOW_QCOW2_H
 #define ZCOW_QCOW2_H
@@ -117,9 +116,5 @@ void qcow2_header_encode(const struct qcow2_header *h, void *buf);
  * version 3 defaults for a version 2 header.  Returns 0, or -EINVAL with a
  * static reason in *WHY when the bytes are not a header zcow can read. */
 int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, const char **why);
-
-/* Refcount entry access for refcount_order 0..6 (1..64 bits). */
-uint64_t qcow2_refcount_get(const void *block, unsigned refcount_order, uint64_t index);
-void qcow2_refcount_set(void *block, unsigned refcount_order, uint64_t index, uint64_t value);
 
 #endif

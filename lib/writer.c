@@ -2,10 +2,10 @@
  *
  * The file grows by appending: cluster 0 is the header (written last), and
  * every data cluster, L2 table and refcount block is taken in order from
- * the allocation frontier.  Because allocation only moves forward, the
- * refcounts of every cluster below the frontier are final; their refcount
- * block is written as soon as the frontier has passed it, so memory stays
- * bounded whatever the image size.  L2 tables live in a small LRU of slots
+ * the allocation frontier (the allocator of qcow2_refcount.h).  Because
+ * allocation only moves forward, the refcounts of every cluster below the
+ * frontier are final; their refcount block is written as soon as the
+ * frontier has passed it, so memory stays bounded whatever the image size.  L2 tables live in a small LRU of slots
  * and are written when evicted.  At close the L1 table, the last refcount
  * blocks, the refcount table and the header are appended/written.
  *
@@ -31,6 +31,7 @@
 #include "qcow2.h"
 #include "qcow2_ext.h"
 #include "qcow2_l2.h"
+#include "qcow2_refcount.h"
 #include "util.h"
 
 #define REFCOUNT_ORDER 4 /* 16-bit refcounts, QEMU's default */
@@ -59,8 +60,9 @@ struct meta_write {
 
 /* Work an operation leaves for after the unlock. */
 struct pending {
-    struct cw_ready ready;     /* runs of the write cache */
-    struct meta_write *meta;
+    struct cw_ready ready;          /* runs of the write cache */
+    struct meta_write *meta;        /* evicted L2 tables */
+    struct qcow2_refblock *blocks;  /* refcount blocks the allocator handed out */
 };
 
 /* Bytes being read-modify-written without the cache (O_DIRECT). */
@@ -82,9 +84,7 @@ struct writer {
     pthread_cond_t slot_cond;  /* a slot left SLOT_BUSY */
     struct zerr_first error;   /* sticky: the first failure, with its message */
 
-    /* allocator */
-    uint64_t next_cluster;     /* the frontier, in clusters */
-    uint64_t cbyte;            /* next free compressed byte; 0 = no open cluster */
+    struct qcow2_alloc alloc;  /* clusters, compressed bytes and refcounts */
 
     /* L1 and the L2 slots */
     uint32_t l1_size;
@@ -92,14 +92,6 @@ struct writer {
     struct l2_slot *slots;
     unsigned n_slots;
     uint64_t use_tick;
-
-    /* refcounts: blocks [rc_first, rc_first + rc_n) are in memory */
-    uint64_t rc_entries;       /* refcounts per block */
-    uint64_t rc_first;
-    uint8_t **rc_blocks;
-    unsigned rc_n, rc_cap;
-    uint64_t *reftable;        /* block offsets, host order */
-    uint64_t reftable_len, reftable_cap;
 
     struct cwcache cache;
 
@@ -163,157 +155,40 @@ static struct tl_bufs *thread_bufs(size_t cap)
     return t->cap ? t : NULL;
 }
 
-/* ---- refcounts ------------------------------------------------------------- */
-
-static uint64_t refcount_max(void) { return (1ull << (1u << REFCOUNT_ORDER)) - 1; }
-
-/* The in-memory block holding cluster CI's refcount, made if absent. */
-static uint8_t *rc_block(struct writer *w, uint64_t ci)
-{
-    uint64_t b = ci / w->rc_entries;
-    if (b < w->rc_first)
-        return NULL; /* already written: a bug if reached */
-    while (b >= w->rc_first + w->rc_n) {
-        if (w->rc_n == w->rc_cap) {
-            unsigned cap = w->rc_cap ? w->rc_cap * 2 : 4;
-            uint8_t **nb = realloc(w->rc_blocks, cap * sizeof(*nb));
-            if (!nb)
-                return NULL;
-            w->rc_blocks = nb;
-            w->rc_cap = cap;
-        }
-        w->rc_blocks[w->rc_n] = blk_zalloc(w->cluster_size);
-        if (!w->rc_blocks[w->rc_n])
-            return NULL;
-        w->rc_n++;
-    }
-    return w->rc_blocks[b - w->rc_first];
-}
-
-static uint64_t rc_get(struct writer *w, uint64_t ci)
-{
-    uint8_t *blk = rc_block(w, ci);
-    return blk ? qcow2_refcount_get(blk, REFCOUNT_ORDER, ci % w->rc_entries) : 0;
-}
-
-static int rc_inc(struct writer *w, uint64_t ci)
-{
-    uint8_t *blk = rc_block(w, ci);
-    if (!blk)
-        return zerr(ENOMEM, "out of memory for refcounts of '%s'", w->file.path);
-    uint64_t i = ci % w->rc_entries;
-    qcow2_refcount_set(blk, REFCOUNT_ORDER, i, qcow2_refcount_get(blk, REFCOUNT_ORDER, i) + 1);
-    return 0;
-}
-
-static int reftable_set(struct writer *w, uint64_t block, uint64_t offset)
-{
-    if (block >= w->reftable_cap) {
-        uint64_t cap = w->reftable_cap ? w->reftable_cap * 2 : 64;
-        while (cap <= block)
-            cap *= 2;
-        uint64_t *t = realloc(w->reftable, cap * sizeof(*t));
-        if (!t)
-            return zerr(ENOMEM, "out of memory");
-        memset(t + w->reftable_cap, 0, (cap - w->reftable_cap) * sizeof(*t));
-        w->reftable = t;
-        w->reftable_cap = cap;
-    }
-    w->reftable[block] = offset;
-    if (block + 1 > w->reftable_len)
-        w->reftable_len = block + 1;
-    return 0;
-}
-
 /* ---- allocation ------------------------------------------------------------ */
 
-/* Take the cluster at the frontier, not yet counted. */
-static uint64_t take_cluster(struct writer *w) { return w->next_cluster++; }
-
-/* Take the cluster at the frontier for a single owner (refcount 1). */
-static int alloc_cluster(struct writer *w, uint64_t *offset)
+/* The allocator leaves the open compressed cluster for good. */
+static void close_compressed(struct writer *w, struct pending *p)
 {
-    int r = rc_inc(w, w->next_cluster);
-    if (r < 0)
-        return r;
-    *offset = take_cluster(w) << w->cluster_bits;
-    return 0;
+    qcow2_alloc_close(&w->alloc);
+    if (w->use_cache)
+        cw_close_open(&w->cache, &p->ready);
+}
+
+/* Hand the refcount blocks that are final to P, to be written. */
+static int retire_refblocks(struct writer *w, struct pending *p)
+{
+    bool closed;
+    int r = qcow2_alloc_retire(&w->alloc, &p->blocks, &closed);
+    if (closed && w->use_cache)
+        cw_close_open(&w->cache, &p->ready);
+    return r;
+}
+
+/* LEN bytes for a compressed stream (qcow2_alloc_bytes). */
+static int alloc_bytes(struct writer *w, uint32_t len, struct pending *p, uint64_t *offset)
+{
+    bool closed;
+    int r = qcow2_alloc_bytes(&w->alloc, len, offset, &closed);
+    if (closed && w->use_cache)
+        cw_close_open(&w->cache, &p->ready);
+    return r;
 }
 
 static void queue_meta(struct pending *p, struct meta_write *m)
 {
     m->next = p->meta;
     p->meta = m;
-}
-
-/* The allocator leaves the open compressed cluster for good. */
-static void abandon_compressed(struct writer *w, struct pending *p)
-{
-    if (w->use_cache)
-        cw_close_open(&w->cache, &p->ready);
-    w->cbyte = 0;
-}
-
-/* Write out every refcount block whose clusters are all final: those
- * below both the frontier and the open compressed cluster. */
-static int rc_retire(struct writer *w, struct pending *p)
-{
-    for (;;) {
-        uint64_t frontier_block = w->next_cluster / w->rc_entries;
-        if (w->cbyte) {
-            uint64_t cblock = (w->cbyte >> w->cluster_bits) / w->rc_entries;
-            /* A compressed cluster left behind a whole block (runs of
-             * incompressible data) is closed, so the block can go. */
-            if (cblock < frontier_block && cblock == w->rc_first)
-                abandon_compressed(w, p);
-        }
-        if (w->rc_first >= frontier_block || w->rc_n == 0)
-            return 0;
-        struct meta_write *m = calloc(1, sizeof(*m));
-        if (!m)
-            return zerr(ENOMEM, "out of memory");
-        int r = alloc_cluster(w, &m->offset);
-        if (r == 0)
-            r = reftable_set(w, w->rc_first, m->offset);
-        if (r < 0) {
-            free(m);
-            return r;
-        }
-        m->buf = w->rc_blocks[0];
-        memmove(w->rc_blocks, w->rc_blocks + 1, (w->rc_n - 1) * sizeof(*w->rc_blocks));
-        w->rc_n--;
-        w->rc_first++;
-        queue_meta(p, m);
-    }
-}
-
-/* Take LEN bytes for a compressed stream, packed after the previous one;
- * straddling into the next cluster only if it is physically next.  A
- * compressed cluster's refcount is the number of streams touching it. */
-static int alloc_bytes(struct writer *w, uint32_t len, struct pending *p, uint64_t *offset)
-{
-    if (w->cbyte) {
-        uint64_t ci = w->cbyte >> w->cluster_bits;
-        uint64_t room = ((ci + 1) << w->cluster_bits) - w->cbyte;
-        bool straddle = len > room && w->next_cluster == ci + 1;
-        if (rc_get(w, ci) >= refcount_max() || (len > room && !straddle))
-            abandon_compressed(w, p);
-        else if (straddle)
-            take_cluster(w);
-    }
-    if (!w->cbyte)
-        w->cbyte = take_cluster(w) << w->cluster_bits;
-    *offset = w->cbyte;
-    uint64_t first = *offset >> w->cluster_bits, last = (*offset + len - 1) >> w->cluster_bits;
-    for (uint64_t ci = first; ci <= last; ci++) {
-        int r = rc_inc(w, ci);
-        if (r < 0)
-            return r;
-    }
-    w->cbyte = *offset + len;
-    if ((w->cbyte & (w->cluster_size - 1)) == 0)
-        w->cbyte = 0; /* exactly full: the cache finished it already */
-    return 0;
 }
 
 /* ---- L2 slots ---------------------------------------------------------------- */
@@ -394,7 +269,7 @@ static int get_l2(struct writer *w, uint32_t l1_index, bool create, struct pendi
         s->l1_index = l1_index;
         s->last_use = ++w->use_tick;
         if (w->l1[l1_index] == 0) {
-            int r = alloc_cluster(w, &w->l1[l1_index]);
+            int r = qcow2_alloc_cluster(&w->alloc, &w->l1[l1_index]);
             if (r < 0)
                 return r;
             memset(s->buf, 0, w->cluster_size);
@@ -432,6 +307,15 @@ static int run_pending(struct writer *w, struct pending *p)
             err = r;
     }
     p->ready.n = 0;
+    for (struct qcow2_refblock *b = p->blocks; b; b = b->next) {
+        int r = err ? err : blk_pwrite(&w->file, b->buf, w->cluster_size, b->offset);
+        if (r == 0)
+            blk_drop_range(&w->file, b->offset, w->cluster_size);
+        if (r < 0 && !err)
+            err = r;
+    }
+    qcow2_refblocks_free(p->blocks);
+    p->blocks = NULL;
     while (p->meta) {
         struct meta_write *m = p->meta;
         p->meta = m->next;
@@ -574,7 +458,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
         for (uint32_t i = 0; r == 0 && i < count; i++) {
             if (kind == STORE_NORMAL) { /* contiguous: nothing else allocates now */
                 uint64_t off = 0;
-                r = alloc_cluster(w, &off);
+                r = qcow2_alloc_cluster(&w->alloc, &off);
                 entry = off | QCOW2_OFLAG_COPIED;
                 if (i == 0)
                     host = off;
@@ -583,7 +467,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
         }
         if (r == 0) {
             slot->dirty = true;
-            r = rc_retire(w, &p);
+            r = retire_refblocks(w, &p);
         }
     }
     pthread_mutex_unlock(&w->lock);
@@ -859,10 +743,7 @@ static void writer_free(struct writer *w)
     for (unsigned i = 0; i < w->n_slots; i++)
         free(w->slots[i].buf);
     free(w->slots);
-    for (unsigned i = 0; i < w->rc_n; i++)
-        free(w->rc_blocks[i]);
-    free(w->rc_blocks);
-    free(w->reftable);
+    qcow2_alloc_free(&w->alloc);
     free(w->l1);
     free(w->backing_file);
     free(w->backing_format);
@@ -897,7 +778,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     w->type = o->compression_type;
     w->level = codec_resolve_level(o->compression_type, o->level);
     w->use_cache = o->write_cache != 0;
-    w->rc_entries = (uint64_t)w->cluster_size * 8 >> REFCOUNT_ORDER;
+    qcow2_alloc_init(&w->alloc, bits, REFCOUNT_ORDER);
     uint64_t l2_span = (uint64_t)w->cluster_size * (w->cluster_size / 8);
     w->l1_size = (uint32_t)((o->virtual_size + l2_span - 1) / l2_span);
     w->l1 = calloc(w->l1_size, sizeof(*w->l1));
@@ -933,7 +814,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     }
     /* Cluster 0 is the header: counted now, written at close. */
     uint64_t header;
-    if ((r = alloc_cluster(w, &header)) < 0) {
+    if ((r = qcow2_alloc_cluster(&w->alloc, &header)) < 0) {
         writer_free(w);
         return r;
     }
@@ -964,7 +845,7 @@ static int finalize(struct writer *w)
 {
     struct pending p = { .meta = NULL };
     int r;
-    abandon_compressed(w, &p);
+    close_compressed(w, &p);
     if ((r = run_pending(w, &p)) < 0)
         return r;
     for (unsigned i = 0; i < w->n_slots; i++) {
@@ -984,7 +865,7 @@ static int finalize(struct writer *w)
         l1_clusters = 1;
     uint64_t l1_offset = 0, off;
     for (size_t i = 0; i < l1_clusters; i++) {
-        if ((r = alloc_cluster(w, &off)) < 0)
+        if ((r = qcow2_alloc_cluster(&w->alloc, &off)) < 0)
             return r;
         if (i == 0)
             l1_offset = off;
@@ -998,49 +879,27 @@ static int finalize(struct writer *w)
     free(l1);
     if (r < 0)
         return r;
-    if ((r = rc_retire(w, &p)) < 0 || (r = run_pending(w, &p)) < 0)
+    if ((r = retire_refblocks(w, &p)) < 0 || (r = run_pending(w, &p)) < 0)
         return r;
 
-    /* The refcount table and the blocks still in memory, which must count
-     * themselves and the table: find sizes that agree. */
-    uint64_t first_free = w->next_cluster, u = w->rc_first;
-    uint64_t table_clusters = 1, blocks = 0, n_blocks;
-    for (;;) {
-        uint64_t total = first_free + table_clusters + blocks;
-        n_blocks = (total + w->rc_entries - 1) / w->rc_entries;
-        uint64_t need_table = (n_blocks * 8 + w->cluster_size - 1) >> w->cluster_bits;
-        uint64_t need_blocks = n_blocks - u;
-        if (need_table <= table_clusters && need_blocks == blocks)
-            break;
-        if (need_table > table_clusters)
-            table_clusters = need_table;
-        blocks = need_blocks;
+    /* The refcount table and the last blocks, counting themselves. */
+    uint64_t table_offset, table_clusters;
+    uint8_t *table;
+    r = qcow2_alloc_finish(&w->alloc, &p.blocks, &table_offset, &table_clusters, &table);
+    if (r == -EFBIG)
+        r = zerr(EFBIG, "'%s': image too large for a refcount table", w->file.path);
+    if (r == 0)
+        r = run_pending(w, &p);
+    if (r == 0) {
+        r = blk_pwrite(&w->file, table, table_clusters << w->cluster_bits, table_offset);
+        if (r == 0)
+            blk_drop_range(&w->file, table_offset, table_clusters << w->cluster_bits);
     }
-    if (table_clusters * w->cluster_size > QCOW2_MAX_REFTABLE_BYTES)
-        return zerr(EFBIG, "'%s': image too large for a refcount table", w->file.path);
-    uint64_t table_offset = first_free << w->cluster_bits;
-    for (uint64_t i = 0; i < table_clusters + blocks; i++)
-        if ((r = alloc_cluster(w, &off)) < 0)
-            return r;
-    for (uint64_t b = u; b < n_blocks; b++) {
-        uint64_t boff = (first_free + table_clusters + (b - u)) << w->cluster_bits;
-        uint8_t *blk = rc_block(w, b * w->rc_entries);
-        if (!blk || (r = reftable_set(w, b, boff)) < 0)
-            return blk ? r : zerr(ENOMEM, "out of memory");
-        if ((r = blk_pwrite(&w->file, blk, w->cluster_size, boff)) < 0)
-            return r;
-        blk_drop_range(&w->file, boff, w->cluster_size);
-    }
-    uint64_t *table = calloc(table_clusters, w->cluster_size);
-    if (!table)
-        return zerr(ENOMEM, "out of memory");
-    for (uint64_t b = 0; b < n_blocks; b++)
-        qcow2_put_be64(&table[b], w->reftable[b]);
-    r = write_zeroed_tail(w, table, table_clusters * w->cluster_size, table_offset,
-                          table_clusters);
     free(table);
-    if (r < 0)
+    if (r < 0) {
+        qcow2_refblocks_free(p.blocks);
         return r;
+    }
 
     /* The header, last: until now cluster 0 held zeros, not an image. */
     struct qcow2_header h = {
@@ -1112,7 +971,7 @@ int writer_get_info(struct writer *w, struct zcow_info *info)
     info->clusters_zero = atomic_load(&w->n_zero);
     info->clusters_allocated = info->clusters_compressed + info->clusters_normal;
     pthread_mutex_lock(&w->lock);
-    info->file_size = w->next_cluster << w->cluster_bits;
+    info->file_size = w->alloc.next_cluster << w->cluster_bits;
     pthread_mutex_unlock(&w->lock);
     struct stat st;
     if (fstat(w->file.fd, &st) == 0)

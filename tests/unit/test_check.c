@@ -12,6 +12,7 @@
 #include "options.h" /* struct zcow_check_result: this test reads check.c's findings directly */
 #include "qcow2.h"
 #include "qcow2_ext.h"
+#include "qcow2_refcount.h"
 #include "unit.h"
 #include "zcow.h"
 

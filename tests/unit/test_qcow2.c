@@ -1,6 +1,6 @@
 /* test_qcow2.c - the on-disk format: compressed cluster descriptors for
- * every cluster size, header encode/decode, refcount entries of every
- * width (header extensions: test_qcow2_ext.c).  The expectations are written from
+ * every cluster size, header encode/decode (header extensions:
+ * test_qcow2_ext.c; refcounts: test_qcow2_refcount.c).  The expectations are written from
  * QEMU's docs/interop/qcow2.txt, not from lib/qcow2.c. */
 #include <errno.h>
 
@@ -261,68 +261,6 @@ static void test_header_rejects(void)
     CHECK(qcow2_header_decode(big, sizeof(big), &d, &why) == -EINVAL && why);
 }
 
-/* ---- refcounts ----------------------------------------------------------- */
-
-static void test_refcounts(void)
-{
-    uint64_t rs = unit_stream(2);
-    enum { BLOCK = 4096 };
-    for (unsigned order = 0; order <= 6; order++) {
-        unsigned bits = 1u << order;
-        uint64_t n = (uint64_t)BLOCK * 8 / bits;
-        uint64_t max = bits == 64 ? ~0ull : (1ull << bits) - 1;
-        uint8_t *block = calloc(1, BLOCK);
-        uint64_t *shadow = calloc(n, sizeof(*shadow));
-        if (!block || !shadow) {
-            CHECK(!"out of memory");
-            return;
-        }
-        for (uint64_t i = 0; i < n; i++)
-            CHECK(qcow2_refcount_get(block, order, i) == 0);
-        /* Random sets in random order, then every entry read back: setting
-         * one entry must never disturb its neighbours. */
-        for (uint64_t k = 0; k < 4 * n; k++) {
-            uint64_t i = unit_rand(&rs) % n;
-            uint64_t v = unit_rand(&rs) & max;
-            if (k % 5 == 0)
-                v = max;
-            if (k % 7 == 0)
-                v = 0;
-            qcow2_refcount_set(block, order, i, v);
-            shadow[i] = v;
-            CHECKF(qcow2_refcount_get(block, order, i) == v, "order %u index %llu", order,
-                   (unsigned long long)i);
-        }
-        long bad = 0;
-        for (uint64_t i = 0; i < n; i++)
-            if (qcow2_refcount_get(block, order, i) != shadow[i])
-                bad++;
-        CHECKF(bad == 0, "order %u: %ld entries differ from what was set", order, bad);
-
-        /* The layout QEMU uses: sub-byte entries from the least significant
-         * bit up; wider ones big-endian. */
-        memset(block, 0, BLOCK);
-        qcow2_refcount_set(block, order, 1, 1);
-        switch (order) {
-        case 0: CHECK(block[0] == 0x02); break;
-        case 1: CHECK(block[0] == 0x04); break;
-        case 2: CHECK(block[0] == 0x10); break;
-        case 3: CHECK(block[1] == 0x01); break;
-        case 4: CHECK(block[2] == 0x00 && block[3] == 0x01); break;
-        case 5: CHECK(block[7] == 0x01 && block[4] == 0); break;
-        case 6: CHECK(block[15] == 0x01 && block[8] == 0); break;
-        }
-        memset(block, 0, BLOCK);
-        qcow2_refcount_set(block, order, n - 1, max);
-        CHECK(qcow2_refcount_get(block, order, n - 1) == max);
-        CHECK(qcow2_refcount_get(block, order, n - 2) == 0);
-        CHECKF(block[BLOCK - 1] == (order == 0 ? 0x80 : order == 1 ? 0xc0 : order == 2 ? 0xf0 : 0xff),
-               "order %u: last byte %#x", order, block[BLOCK - 1]);
-        free(block);
-        free(shadow);
-    }
-}
-
 int main(void)
 {
     unit_init("test_qcow2");
@@ -330,6 +268,5 @@ int main(void)
     test_header_v3();
     test_header_v2();
     test_header_rejects();
-    test_refcounts();
     return unit_done();
 }

@@ -1,7 +1,8 @@
 /* test_writer.c - the writer through the public API: multi-cluster writes
  * from unaligned buffers, read-your-writes while writing, a cluster
  * written twice (refused, not sticky), zero clusters over a backing file,
- * and qemu-img's verdict on each image. */
+ * refcounts across a refcount block boundary, and qemu-img's verdict on
+ * each image. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -125,6 +126,58 @@ static void test_backing_zero(void)
     free(zero);
 }
 
+/* 4 KiB clusters with 16-bit refcounts: one refcount block counts 2048
+ * clusters, 8 MiB of file (qcow2.txt, "Host cluster management").  Text,
+ * then 9 MiB of random data, then text again: the file passes the first
+ * block's end while a compressed cluster is still open in it (the writer
+ * must close it to write the block), and ends in the second block.  qemu-img
+ * must find every refcount right (no leak, no corruption) and the data
+ * equal to the input. */
+static void test_refcount_block_boundary(void)
+{
+    char path[4200], raw[4200], cmd[9000];
+    snprintf(path, sizeof(path), "%s/boundary.qcow2", dir);
+    snprintf(raw, sizeof(raw), "%s/boundary.raw", dir);
+    const size_t size = 12u << 20, mib = 1u << 20;
+    uint8_t *data = malloc(size);
+    uint64_t rs = unit_stream(40);
+    for (size_t i = 0; i < mib; i++)
+        data[i] = (uint8_t)"refcount block boundary "[i % 24];
+    unit_fill_random(&rs, data + mib, 9 * mib);
+    for (size_t i = 10 * mib; i < 11 * mib; i++)
+        data[i] = (uint8_t)"and past it "[i % 12];
+    memset(data + 11 * mib, 0, mib);
+    FILE *f = fopen(raw, "wb");
+    CHECK(f && fwrite(data, 1, size, f) == size);
+    if (f)
+        fclose(f);
+
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, 4096) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0);
+    zcow_image *img;
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
+    CHECKF(r == 0, "create: %s", zcow_get_error());
+    if (r == 0) {
+        for (size_t off = 0; off < size && r == 0; off += 256 * 1024)
+            r = zcow_write(img, off, data + off, 256 * 1024);
+        CHECKF(r == 0, "write: %s", zcow_get_error());
+        CHECKF(zcow_close(img) == 0, "close: %s", zcow_get_error());
+    }
+    f = fopen(path, "rb");
+    long len = 0;
+    if (f && fseek(f, 0, SEEK_END) == 0)
+        len = ftell(f);
+    if (f)
+        fclose(f);
+    CHECKF(len > (8l << 20), "the image (%ld bytes) stays in the first refcount block", len);
+    CHECKF(qemu_img_ok(path), "qemu-img check failed on %s", path);
+    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f raw -F qcow2 '%s' '%s'", raw, path);
+    CHECKF(system(cmd) == 0, "the image does not read back as its input");
+    free(data);
+}
+
 int main(void)
 {
     unit_init("test_writer");
@@ -138,6 +191,7 @@ int main(void)
     test_write_read(ZCOW_COMPRESSION_ZLIB, 65536, ZCOW_CACHE_WRITEBACK, 1);
     test_write_read(ZCOW_COMPRESSION_ZSTD, 65536, ZCOW_CACHE_NONE, 0);
     test_backing_zero();
+    test_refcount_block_boundary();
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)
