@@ -81,6 +81,59 @@ static int check_manifest(const char *path, json_t *m)
     return 0;
 }
 
+static bool is_xml(const char *name)
+{
+    size_t n = strlen(name);
+    return n > 4 && !strcmp(name + n - 4, ".xml");
+}
+
+/* Is NAME an image of a point ("000007.qcow2") or a temporary file of a
+ * point being written? */
+static bool point_file(const char *name)
+{
+    size_t n = strlen(name);
+    bool image = n == 12 && strspn(name, "0123456789") == 6 && !strcmp(name + 6, ".qcow2");
+    return image || strstr(name, ".zcow-tmp-") != NULL;
+}
+
+/* Does DIR/SUB hold only files for which KEEP says yes? */
+static bool dir_only(const char *dir, const char *sub, bool (*keep)(const char *))
+{
+    char *path = join(dir, sub);
+    DIR *d = path ? opendir(path) : NULL;
+    bool ok = d != NULL;
+    struct dirent *de;
+    while (ok && (de = readdir(d)))
+        ok = !strcmp(de->d_name, ".") || !strcmp(de->d_name, "..") || keep(de->d_name);
+    if (d)
+        closedir(d);
+    free(path);
+    return ok;
+}
+
+/* DIR holds nothing but what a first backup that failed may leave: the
+ * lock, scratch images, disk directories of point images and temporary
+ * files, saved checkpoints. */
+static bool only_ours(const char *dir)
+{
+    DIR *d = opendir(dir);
+    bool ok = d != NULL;
+    struct dirent *de;
+    while (ok && (de = readdir(d))) {
+        const char *n = de->d_name;
+        if (!strcmp(n, ".") || !strcmp(n, "..") || !strcmp(n, ".lock") ||
+            !strcmp(n, MANIFEST_TMP) || !strncmp(n, ".scratch-", 9))
+            continue;
+        if (!strcmp(n, "checkpoints"))
+            ok = dir_only(dir, n, is_xml);
+        else
+            ok = backup_dir_valid_disk_name(n) && dir_only(dir, n, point_file);
+    }
+    if (d)
+        closedir(d);
+    return ok;
+}
+
 static int new_manifest(json_t **out)
 {
     uint8_t r[4];
@@ -138,6 +191,13 @@ static int dir_open(const char *path, bool create, int lock, struct backup_dir *
     }
     if (!S_ISDIR(st.st_mode)) {
         e = zerr(ENOTDIR, "'%s' is not a directory", path);
+        goto out;
+    }
+    /* A directory without a manifest becomes one only when it holds
+     * nothing but what a first, failed backup may have left. */
+    if (create && access(mpath, F_OK) != 0 && !only_ours(path)) {
+        e = zerr(EEXIST, "'%s' holds other files and is not a zcow backup directory (no %s)", path,
+                 MANIFEST);
         goto out;
     }
     /* Reading only (LOCK 0): the manifest is replaced by rename, so it is
@@ -283,10 +343,8 @@ static int clean_disk(struct backup_dir *d, const char *name, json_t *disk)
     struct dirent *de;
     while (dir && (de = readdir(dir))) {
         const char *f = de->d_name;
-        size_t n = strlen(f);
-        bool image = n == 12 && strspn(f, "0123456789") == 6 && !strcmp(f + 6, ".qcow2");
         bool temp = strstr(f, ".zcow-tmp-") != NULL;
-        if (temp || (image && !named_point(disk, f))) {
+        if (temp || (point_file(f) && !named_point(disk, f))) {
             char *p = join(sub, f);
             if (p)
                 unlink(p);

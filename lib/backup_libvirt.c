@@ -346,9 +346,13 @@ static int l_find_disks(struct backup_run *r)
         bool wanted = !r->o->n_disks && !ro;
         for (size_t j = 0; target && j < r->o->n_disks; j++)
             wanted |= !strcmp(r->o->disks[j], target);
-        if (target && wanted) {
+        bool qcow2 = type && !strcmp(type, "qcow2");
+        if (target && wanted && !qcow2 && !r->o->n_disks) {
+            backup_say(r, "%s: skipped: %s, and backups need qcow2 (it keeps the bitmaps)", target,
+                       type ? type : "no format");
+        } else if (target && wanted) {
             virDomainBlockInfo info;
-            if (!type || strcmp(type, "qcow2"))
+            if (!qcow2)
                 e = zerr(ENOTSUP,
                          "libvirt domain '%s': disk '%s' is %s: backups need qcow2, "
                          "which keeps the checkpoints' bitmaps",

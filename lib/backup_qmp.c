@@ -243,7 +243,7 @@ static char *qdev_id(const char *qdev)
 
 /* Add the disk NAME, the node NODE; what a failed attempt left of its
  * bitmaps is merged into the one the manifest names. */
-static int add_disk(struct backup_run *r, const char *name, const char *node)
+static int add_disk(struct backup_run *r, const char *name, const char *node, bool named)
 {
     json_t *n;
     int e = find_node(r, node, &n);
@@ -254,6 +254,12 @@ static int add_disk(struct backup_run *r, const char *name, const char *node)
     const char *drv = json_string_value(json_object_get(n, "drv"));
     json_int_t size =
         json_integer_value(json_object_get(json_object_get(n, "image"), "virtual-size"));
+    if ((!drv || strcmp(drv, "qcow2")) && !named) {
+        backup_say(r, "%s: skipped: %s, and backups need qcow2 (it keeps the bitmaps)", name,
+                   drv ? drv : "no format");
+        json_decref(n);
+        return 0;
+    }
     if (!drv || strcmp(drv, "qcow2")) {
         e = zerr(ENOTSUP,
                  "QMP '%s': node '%s' is %s: backups need a qcow2 node, which keeps the "
@@ -284,7 +290,7 @@ static int q_find_disks(struct backup_run *r)
     const struct backup_options *o = r->o;
     int e = 0;
     for (size_t i = 0; i < o->n_disks && e == 0; i++)
-        e = add_disk(r, o->disks[i], o->disks[i]);
+        e = add_disk(r, o->disks[i], o->disks[i], true);
     if (o->n_disks || e < 0)
         return e;
     json_t *blocks;
@@ -301,7 +307,7 @@ static int q_find_disks(struct backup_run *r)
         const char *dev = json_string_value(json_object_get(b, "device"));
         char *id =
             dev && *dev ? strdup(dev) : qdev_id(json_string_value(json_object_get(b, "qdev")));
-        e = add_disk(r, id ? id : node, node);
+        e = add_disk(r, id ? id : node, node, false);
         free(id);
         if (e < 0)
             break;

@@ -16,7 +16,9 @@
 #      every change since the last good point;
 #   5. the transient domain stopped and started again (libvirt forgets its
 #      checkpoints, the images keep their bitmaps): the checkpoint is
-#      redefined from DIR and the next backup is still incremental.
+#      redefined from DIR and the next backup is still incremental;
+#   6. bad input: a domain that does not exist, a raw disk named with
+#      --disk (a raw disk is skipped, saying so, when none is named).
 # libvirtd runs as root with system paths: one such test at a time on a
 # machine (a lock), and it needs root.
 . "$(dirname "$0")/functions.sh"
@@ -69,6 +71,11 @@ cat >"$work/dom.xml" <<EOF
       <driver name='qemu' type='qcow2'/>
       <source file='$work/vdb.qcow2'/>
       <target dev='vdb' bus='virtio'/>
+    </disk>
+    <disk type='file' device='disk'>
+      <driver name='qemu' type='raw'/>
+      <source file='$work/vdc.raw'/>
+      <target dev='vdc' bus='virtio'/>
     </disk>
   </devices>
 </domain>
@@ -124,6 +131,7 @@ head -c $((48 << 20)) /dev/urandom | base64 -w 0 | head -c $((64 << 20)) |
 truncate -s 32M "$work/vdb.model"
 yes "vdb holds words" | head -c $((4 << 20)) | dd of="$work/vdb.model" conv=notrunc status=none
 for d in vda vdb; do qemu-img convert -f raw -O qcow2 "$work/$d.model" "$work/$d.qcow2"; done
+truncate -s 8M "$work/vdc.raw"
 dom_start || { fail "cannot start the domain: $(tail -3 /var/log/libvirt/libvirtd.log)"; finish; }
 A=$work/a
 B=$work/b
@@ -132,6 +140,7 @@ B=$work/b
 snap p1
 out=$(backup -j 2 "$A" 2>&1) || fail "full: $out"
 echo "$out" | grep -q "vda: full backup: no previous point" && pass || fail "full: said $out"
+echo "$out" | grep -q "vdc: skipped: raw" && pass || fail "full: the raw disk: said $out"
 expect_point "$A" vda 1 p1
 expect_point "$A" vdb 1 p1
 write vda "write -P 0x61 1M 64k" "write -z 8M 128k" "write -P 0x62 100M 3M"
@@ -202,4 +211,11 @@ out=$(backup "$A" 2>&1) || fail "after a restart: $out"
 echo "$out" | grep -q "vda: incremental over point 4" && pass || fail "after a restart: $out"
 expect_point "$A" vda latest p8
 expect_point "$A" vdb latest p8
+# ---- 6. bad input ---------------------------------------------------------------
+out=$("$ZCOW" backup --connect "$URI" --domain no-such-domain "$work/x" 2>&1)
+[ $? = 1 ] && [ "$(echo "$out" | grep -c .)" = 1 ] && echo "$out" | grep -q "no-such-domain" &&
+    pass || fail "a domain that does not exist: $out"
+out=$(backup --disk vdc "$work/x" 2>&1)
+[ $? = 1 ] && echo "$out" | grep -q "^zcow: .*'vdc' is raw" && pass || fail "a raw disk named: $out"
+[ ! -e "$work/x/zcow-backup.json" ] && pass || fail "a failed first backup left a manifest"
 finish

@@ -20,7 +20,13 @@
 #   6. a full file system (loop-mounted ext4): ENOSPC, no point, no
 #      temporary file;
 #   7. QEMU killed during a backup: a clear error, no new point; restarted,
-#      its bitmap is inconsistent and auto takes a full, saying so.
+#      its bitmap is inconsistent and auto takes a full, saying so;
+#   8. writes in ascending order to distinct places, from before a backup
+#      to after its point: the point holds exactly a prefix of them;
+#   9. a bitmap removed behind zcow's back: auto takes a full, saying why;
+#  10. bad input: a socket that is not QEMU's, no socket, a node that is
+#      not qcow2, a DIR holding other files, a DIR on a read-only file
+#      system: one line, exit 1, nothing left.
 . "$(dirname "$0")/functions.sh"
 requires qemu-img qemu-io qemu-system-x86_64 python3
 requires_zcow
@@ -242,4 +248,81 @@ echo "$out" | grep -q "vda: full backup: the dirty bitmap" && pass ||
 [ "$(npoints "$A")" = $((n + 2)) ] && pass || fail "points: $("$ZCOW" list "$A")"
 expect_point "$A" vda latest p8
 expect_point "$A" vdb latest p8
+# ---- 8. a stream of writes across the point ----------------------------------
+BASE=$((130 << 20)) STEP=$((64 << 10)) N=1500
+rm -f "$work/ready"
+python3 "$QMP" "$msock" write-stream "$VDA" $BASE $STEP $N "$work/ready" &
+spid=$!
+for _ in $(seq 500); do [ -f "$work/ready" ] && break; sleep 0.01; done
+out=$("$ZCOW" backup -j 2 --qmp "$qsock" "$A" 2>&1) || fail "backup under a write stream: $out"
+wait "$spid" || fail "the write stream failed"
+rm -f "$work/r.raw"
+"$ZCOW" restore --disk vda "$A" "$work/r.raw" || fail "restore of the streamed point"
+if k=$(python3 "$QMP" - prefix "$work/r.raw" "$work/vda.model" $BASE $STEP $N); then
+    if [ "$k" -gt 20 ] && [ "$k" -lt "$N" ]; then
+        pass
+        echo "# the point holds the first $k of $N writes"
+    else
+        fail "the point holds $k of $N writes: the backup did not fall inside the stream"
+    fi
+else
+    fail "the streamed point: $k"
+fi
+args=()
+for ((i = 0; i < N; i++)); do args+=("write -P $((i % 255 + 1)) $((BASE + i * STEP)) 4k"); done
+model vda "${args[@]}"
+
+# ---- 9. a bitmap removed behind zcow's back --------------------------------------
+snap p9
+bm=$(python3 "$QMP" "$msock" bitmaps da | awk '{print $1}' | grep "^$pa-vda-")
+python3 "$QMP" "$msock" run block-dirty-bitmap-remove "{\"node\": \"da\", \"name\": \"$bm\"}" \
+    >/dev/null
+out=$("$ZCOW" backup --qmp "$qsock" "$A" 2>&1) || fail "backup after a removed bitmap: $out"
+echo "$out" | grep -q "vda: full backup: the dirty bitmap of the last point is gone" && pass ||
+    fail "removed bitmap: said $out"
+echo "$out" | grep -q "vdb: incremental" && pass || fail "removed bitmap: vdb said $out"
+expect_point "$A" vda latest p9
+expect_point "$A" vdb latest p9
+out=$("$ZCOW" backup --level inc --qmp "$qsock" "$A" 2>&1) && pass || fail "inc after a full: $out"
+
+# ---- 10. bad input ------------------------------------------------------------------
+# expect_error LABEL PATTERN CMD...: one line naming the cause, exit 1.
+expect_error() {
+    local label=$1 pattern=$2 out rc
+    shift 2
+    out=$("$@" 2>&1)
+    rc=$?
+    if [ "$rc" = 1 ] && [ "$(printf '%s\n' "$out" | grep -c .)" = 1 ] &&
+        echo "$out" | grep -q "^zcow: .*$pattern"; then
+        pass
+        echo "# $label: $out"
+    else
+        fail "$label: exit $rc: $out"
+    fi
+}
+python3 -c 'import socket,sys,os
+s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(1)
+if os.fork(): sys.exit(0)
+c,_=s.accept(); c.sendall(b"220 not a monitor\r\n"); c.recv(100)' "$work/fake.sock"
+expect_error "not QEMU's socket" "fake.sock" "$ZCOW" backup --qmp "$work/fake.sock" "$work/x"
+expect_error "no socket" "cannot connect.*No such file" "$ZCOW" backup --qmp "$work/none.sock" "$work/x"
+qemu-img create -q -f raw "$work/raw.img" 16M
+python3 "$QMP" "$msock" run blockdev-add \
+    "{\"driver\": \"raw\", \"node-name\": \"rawnode\", \"file\": {\"driver\": \"file\", \"filename\": \"$work/raw.img\"}}" >/dev/null
+expect_error "a raw node" "'rawnode' is raw" "$ZCOW" backup --qmp "$qsock" --node rawnode "$work/x"
+mkdir -p "$work/other" && echo "my notes" >"$work/other/notes.txt"
+expect_error "a DIR of other files" "not a zcow backup directory" \
+    "$ZCOW" backup --qmp "$qsock" "$work/other"
+[ ! -e "$work/other/.lock" ] && [ ! -e "$work/other/zcow-backup.json" ] && pass ||
+    fail "zcow wrote into a directory of other files"
+expect_error "list of a DIR of other files" "not a zcow backup directory" "$ZCOW" list "$work/other"
+if [ "$(id -u)" = 0 ]; then
+    mkdir -p "$work/ro" && mount -t tmpfs -o ro,size=1m tmpfs "$work/ro" &&
+        cleanup_fn umount "$work/ro"
+    if mountpoint -q "$work/ro"; then
+        expect_error "a read-only file system" "Read-only file system" \
+            "$ZCOW" backup --qmp "$qsock" "$work/ro/c"
+    fi
+fi
+expect_clean_qemu "$A"
 finish

@@ -12,6 +12,15 @@
     qmp.py SOCK run CMD [JSON-ARGS]    any command; prints its return as JSON
     qmp.py SOCK bitmaps NODE           the node's named bitmaps, one per line:
                                        NAME recording busy
+    qmp.py SOCK write-stream QDEV BASE STEP N READY
+                                       N writes of 4 KiB, in ascending order, at
+                                       BASE + i*STEP, each filled with byte
+                                       i % 255 + 1; touches READY after 20
+    qmp.py - prefix RAW OLD BASE STEP N
+                                       which of those writes RAW holds (OLD: the
+                                       disk before them): exit 0 and print K when
+                                       it holds exactly the first K (a prefix),
+                                       1 otherwise
 """
 import json
 import socket
@@ -27,8 +36,8 @@ class QMP:
         json.loads(self.f.readline())
         self.cmd("qmp_capabilities")
 
-    def cmd(self, name, **args):
-        msg = {"execute": name}
+    def cmd(self, _name, **args):
+        msg = {"execute": _name}
         if args:
             msg["arguments"] = args
         self.f.write(json.dumps(msg) + "\n")
@@ -38,7 +47,7 @@ class QMP:
             if "event" in m:
                 continue
             if "error" in m:
-                raise SystemExit("qmp.py: %s: %s" % (name, m["error"]["desc"]))
+                raise SystemExit("qmp.py: %s: %s" % (_name, m["error"]["desc"]))
             return m["return"]
 
     def write(self, qdev, cmds):
@@ -52,7 +61,32 @@ class QMP:
         return [j for j in self.cmd("query-block-jobs") if j["device"].startswith(prefix)]
 
 
+def check_prefix(raw, old, base, step, n):
+    held = []
+    with open(raw, "rb") as f, open(old, "rb") as g:
+        for i in range(n):
+            f.seek(base + i * step)
+            g.seek(base + i * step)
+            block, before = f.read(4096), g.read(4096)
+            want = bytes([i % 255 + 1]) * 4096
+            if block == want:
+                held.append(True)
+            elif block == before:
+                held.append(False)
+            else:
+                print("write %d: neither old nor new bytes" % i)
+                return 1
+    k = held.index(False) if False in held else n
+    if any(held[k:]):
+        print("not a prefix: the first %d, then write %d" % (k, held.index(True, k)))
+        return 1
+    print(k)
+    return 0
+
+
 def main():
+    if sys.argv[2] == "prefix":
+        sys.exit(check_prefix(sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])))
     q = QMP(sys.argv[1])
     op = sys.argv[2]
     if op == "write":
@@ -66,6 +100,13 @@ def main():
             time.sleep(0.005)
         q.write(qdev, sys.argv[5:])
         sys.exit(0 if q.jobs(prefix) else 3)
+    elif op == "write-stream":
+        qdev, base, step, n, ready = sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), \
+            int(sys.argv[6]), sys.argv[7]
+        for i in range(n):
+            q.write(qdev, ["write -P %d %d 4k" % (i % 255 + 1, base + i * step)])
+            if i == 20:
+                open(ready, "w").close()
     elif op == "run":
         args = json.loads(sys.argv[4]) if len(sys.argv) > 4 else {}
         print(json.dumps(q.cmd(sys.argv[3], **args)))

@@ -95,8 +95,8 @@ int main(void)
 
     /* Malformed manifests. */
     refused("not JSON", "{\"format\": ", EINVAL);
-    refused("another format", "{\"format\": \"x\", \"version\": 1, \"prefix\": \"p\", \"disks\": {}}",
-            EINVAL);
+    refused("another format",
+            "{\"format\": \"x\", \"version\": 1, \"prefix\": \"p\", \"disks\": {}}", EINVAL);
     refused("a later version",
             "{\"format\": \"zcow-backup\", \"version\": 9, \"prefix\": \"p\", \"disks\": {}}",
             ENOTSUP);
@@ -109,13 +109,14 @@ int main(void)
             "{\"vda\": {\"bitmap\": null, \"points\": [{\"number\": 1, \"time\": 1, "
             "\"level\": \"full\", \"virtual-size\": 1}]}}}",
             EINVAL);
-    refused("points out of order",
-            "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
-            "{\"vda\": {\"bitmap\": null, \"points\": ["
-            "{\"number\": 2, \"time\": 1, \"level\": \"full\", \"file\": \"a\", \"virtual-size\": 1},"
-            "{\"number\": 1, \"time\": 1, \"level\": \"inc\", \"file\": \"b\", "
-            "\"virtual-size\": 1}]}}}",
-            EINVAL);
+    refused(
+        "points out of order",
+        "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+        "{\"vda\": {\"bitmap\": null, \"points\": ["
+        "{\"number\": 2, \"time\": 1, \"level\": \"full\", \"file\": \"a\", \"virtual-size\": 1},"
+        "{\"number\": 1, \"time\": 1, \"level\": \"inc\", \"file\": \"b\", "
+        "\"virtual-size\": 1}]}}}",
+        EINVAL);
     refused("a duplicate key",
             "{\"format\": \"zcow-backup\", \"format\": \"zcow-backup\", \"version\": 1, "
             "\"prefix\": \"p\", \"disks\": {}}",
@@ -138,6 +139,25 @@ int main(void)
     CHECK(exists("vda/000001.qcow2") && exists("vda/000002.qcow2") && exists("vda/notes.txt"));
     CHECK(!exists("vda/000003.qcow2") && !exists("vda/000003.qcow2.zcow-tmp-123456"));
     CHECK(!exists("vdb/000001.qcow2"));
+
+    /* A directory of other files never becomes a backup directory, and
+     * gets no lock file; one holding only a failed first backup's files
+     * does. */
+    char other[600];
+    snprintf(other, sizeof(other), "%s/other", dir);
+    mkdir(other, 0755);
+    write_file("other/notes.txt", "x");
+    CHECK(backup_dir_open(other, true, &d) == -EEXIST);
+    CHECK(!exists("other/.lock") && !exists("other/zcow-backup.json"));
+    snprintf(other, sizeof(other), "%s/failed", dir);
+    mkdir(other, 0755);
+    mkdir(strcat(strcpy(sub, other), "/vda"), 0755);
+    write_file("failed/.lock", "");
+    write_file("failed/vda/000001.qcow2.zcow-tmp-abcdef", "x");
+    CHECK(backup_dir_open(other, true, &d) == 0);
+    backup_dir_close(d);
+    write_file("failed/vda/readme", "x");
+    CHECK(backup_dir_open(other, true, &d) == -EEXIST);
 
     /* Disk names. */
     CHECK(backup_dir_valid_disk_name("vda") && backup_dir_valid_disk_name("virtio-disk0"));
