@@ -28,7 +28,7 @@ INSTALL ?= install
 NBD ?= yes
 PKGS := zlib libzstd libisal
 ifeq ($(NBD),yes)
-PKGS += libnbd jansson libvirt libxml-2.0
+PKGS += libnbd libxml-2.0 jansson libvirt
 else ifneq ($(NBD),no)
 $(error NBD=$(NBD): yes or no)
 endif

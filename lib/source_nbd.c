@@ -30,6 +30,7 @@
  * and set the same way, below the NAME@ of the URI. */
 #include <errno.h>
 #include <libnbd.h>
+#include <libxml/uri.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <stdbool.h>
@@ -205,53 +206,24 @@ static int connect_error(const struct nbd_src *ns, int fallback)
 
 /* ---- the URI's query ------------------------------------------------------ */
 
-static int hexval(int c)
+/* Walk the query of the parsed URI U (libxml2's parser, as libnbd's own;
+ * NAME=VALUE pairs split at '&' and ';', as libnbd splits them).  For each
+ * pair from *POS on, the %-decoded name and value as new strings (*VALUE
+ * "" when there is no '='); returns 1, 0 at the end, -ENOMEM. */
+static int query_next(xmlURIPtr u, size_t *pos, char **name, char **value)
 {
-    return c >= '0' && c <= '9'   ? c - '0'
-           : c >= 'a' && c <= 'f' ? c - 'a' + 10
-           : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                                  : -1;
-}
-
-/* S[0..N) with %XX decoded, as a new string (NULL: out of memory). */
-static char *pct_decode(const char *s, size_t n)
-{
-    char *d = malloc(n + 1), *p = d;
-    if (!d)
-        return NULL;
-    for (size_t i = 0; i < n; i++) {
-        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            *p++ = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
-            i += 2;
-        } else {
-            *p++ = s[i];
-        }
-    }
-    *p = 0;
-    return d;
-}
-
-/* Walk the query of URI (after '?', up to '#'; NAME=VALUE pairs split at
- * '&' and ';', as libnbd splits them).  For each pair from *POS on, the
- * decoded name and value as new strings (*VALUE "" when there is no '=');
- * returns 1, 0 at the end, -ENOMEM. */
-static int query_next(const char *uri, size_t *pos, char **name, char **value)
-{
-    const char *q = strchr(uri, '?');
-    if (!q)
-        return 0;
-    q++;
-    size_t qlen = strcspn(q, "#");
+    const char *q = u->query_raw;
+    size_t qlen = q ? strlen(q) : 0;
     while (*pos < qlen) {
         const char *p = q + *pos;
-        size_t n = strcspn(p, "&;#");
+        size_t n = strcspn(p, "&;");
         *pos += n + 1;
         if (n == 0)
             continue;
         const char *eq = memchr(p, '=', n);
-        size_t nlen = eq ? (size_t)(eq - p) : n;
-        *name = pct_decode(p, nlen);
-        *value = eq ? pct_decode(eq + 1, n - nlen - 1) : strdup("");
+        int nlen = (int)(eq ? (size_t)(eq - p) : n);
+        *name = xmlURIUnescapeString(p, nlen, NULL);
+        *value = eq ? xmlURIUnescapeString(eq + 1, (int)n - nlen - 1, NULL) : strdup("");
         if (!*name || !*value) {
             free(*name);
             free(*value);
@@ -760,11 +732,14 @@ static int tls_setup(struct nbd_src *ns, const struct zcow_nbd_tls *tls)
         (tls->psk_file && !(ns->tls_psk_file = strdup(tls->psk_file))) ||
         (tls->username && !(ns->tls_username = strdup(tls->username))))
         return zerr(ENOMEM, "out of memory");
+    xmlURIPtr u = xmlParseURI(ns->uri);
+    if (!u)
+        return zerr(EINVAL, "'%s' is not a valid NBD URI", ns->uri);
     char *name, *value, *uri_certs = NULL;
     bool uri_psk = false;
     size_t pos = 0;
     int r = 0, e = 0;
-    while (e == 0 && (r = query_next(ns->uri, &pos, &name, &value)) > 0) {
+    while (e == 0 && (r = query_next(u, &pos, &name, &value)) > 0) {
         if (!ns->tls && !strncmp(name, "tls", 3)) {
             e = zerr(EINVAL, "'%s': parameter '%s' needs a URI with TLS (nbds:// or nbds+unix://)",
                      ns->uri, name);
@@ -782,6 +757,7 @@ static int tls_setup(struct nbd_src *ns, const struct zcow_nbd_tls *tls)
         free(name);
         free(value);
     }
+    xmlFreeURI(u);
     if (e == 0 && r < 0)
         e = zerr(ENOMEM, "out of memory");
     const char *dir = uri_certs ? uri_certs : ns->tls_certificates;
