@@ -22,6 +22,7 @@
 # libvirtd runs as root with system paths: one such test at a time on a
 # machine (a lock), and it needs root.
 . "$(dirname "$0")/functions.sh"
+. "$(dirname "$0")/backup-functions.sh"
 requires qemu-img qemu-io qemu-system-x86_64 python3
 requires_zcow
 [ "$(id -u)" = 0 ] || { echo "$TEST_NAME: skipped: libvirtd needs root" >&2; exit 77; }
@@ -96,30 +97,12 @@ write() {
     done
     model "$disk" "$@"
 }
-model() {
-    local disk=$1 args=() c
-    shift
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io -f raw "${args[@]}" "$work/$disk.model" >/dev/null || fail "model $disk"
-}
-snap() { for d in vda vdb; do cp --sparse=always "$work/$d.model" "$work/$d.$1"; done; }
-expect_point() {
-    local dir=$1 disk=$2 n=$3 s=$4 out
-    rm -f "$work/r.raw"
-    if out=$("$ZCOW" restore --disk "$disk" --point "$n" "$dir" "$work/r.raw" 2>&1) &&
-        out=$(qemu-img compare -q -f raw -F raw "$work/$disk.$s" "$work/r.raw" 2>&1); then
-        pass
-    else
-        fail "$(basename "$dir") $disk point $n is not the disk at $s: $out"
-    fi
-}
 backup() { "$ZCOW" backup --connect "$URI" --domain "$DOM" "$@"; }
 # The domain holds no backup job, and of DIR's checkpoints just the one
 # its manifest names.
 expect_clean() {
     local dir=$1 p n
-    p=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["prefix"])' \
-        "$dir/zcow-backup.json")
+    p=$(prefix "$dir")
     V backup-dumpxml "$DOM" >/dev/null 2>&1 && fail "$(basename "$dir"): a backup job is left"
     n=$(V checkpoint-list "$DOM" --name | grep -c "^$p-")
     [ "$n" = 1 ] && pass || fail "$(basename "$dir"): $n checkpoints, want 1: $(V checkpoint-list "$DOM" --name | tr '\n' ' ')"

@@ -28,6 +28,7 @@
 #      not qcow2, a DIR holding other files, a DIR on a read-only file
 #      system: one line, exit 1, nothing left.
 . "$(dirname "$0")/functions.sh"
+. "$(dirname "$0")/backup-functions.sh"
 requires qemu-img qemu-io qemu-system-x86_64 python3
 requires_zcow
 
@@ -66,29 +67,6 @@ write() {
     python3 "$QMP" "$msock" write "$qdev" "$@" || fail "write $disk $*"
     model "$disk" "$@"
 }
-model() {
-    local disk=$1 args=() c
-    shift
-    for c in "$@"; do args+=(-c "$c"); done
-    qemu-io -f raw "${args[@]}" "$work/$disk.model" >/dev/null || fail "model $disk"
-}
-# snap NAME: keep the models as they are now, for a point.
-snap() { for d in vda vdb; do cp --sparse=always "$work/$d.model" "$work/$d.$1"; done; }
-
-# expect_point DIR DISK N SNAP: restore point N of DISK equals the model.
-expect_point() {
-    local dir=$1 disk=$2 n=$3 s=$4 out
-    rm -f "$work/r.raw"
-    if out=$("$ZCOW" restore --disk "$disk" --point "$n" "$dir" "$work/r.raw" 2>&1) &&
-        out=$(qemu-img compare -q -f raw -F raw "$work/$disk.$s" "$work/r.raw" 2>&1); then
-        pass
-    else
-        fail "$(basename "$dir") $disk point $n is not the disk at $s: $out"
-    fi
-}
-npoints() { "$ZCOW" list --output=json "$1" | grep -c '"number"'; }
-prefix() { python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["prefix"])' \
-    "$1/zcow-backup.json"; }
 
 # QEMU holds nothing of DIR's but one bitmap per disk.
 expect_clean_qemu() {

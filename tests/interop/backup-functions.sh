@@ -1,0 +1,37 @@
+# backup-functions.sh - what backup-qmp.sh and backup-libvirt.sh share:
+# a raw model of each disk (every write the test makes through the VM also
+# goes to $work/DISK.model), kept as it was at each point, and the check
+# that a restored point equals it.  Sourced after functions.sh.
+
+# model DISK CMD...: qemu-io commands on the model of DISK.
+model() {
+    local disk=$1 args=() c
+    shift
+    for c in "$@"; do args+=(-c "$c"); done
+    qemu-io -f raw "${args[@]}" "$work/$disk.model" >/dev/null || fail "model $disk"
+}
+
+# snap NAME: keep the models of vda and vdb as they are now, for a point.
+snap() { for d in vda vdb; do cp --sparse=always "$work/$d.model" "$work/$d.$1"; done; }
+
+# expect_point DIR DISK N SNAP: zcow restore of point N (or latest) of DISK
+# equals the model kept as SNAP.
+expect_point() {
+    local dir=$1 disk=$2 n=$3 s=$4 out
+    rm -f "$work/r.raw"
+    if out=$("$ZCOW" restore --disk "$disk" --point "$n" "$dir" "$work/r.raw" 2>&1) &&
+        out=$(qemu-img compare -q -f raw -F raw "$work/$disk.$s" "$work/r.raw" 2>&1); then
+        pass
+    else
+        fail "$(basename "$dir") $disk point $n is not the disk at $s: $out"
+    fi
+}
+
+# npoints DIR: the points of every disk in DIR.
+npoints() { "$ZCOW" list --output=json "$1" | grep -c '"number"'; }
+
+# prefix DIR: the prefix of DIR's names in the VM.
+prefix() {
+    python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["prefix"])' \
+        "$1/zcow-backup.json"
+}
