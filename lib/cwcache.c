@@ -90,9 +90,14 @@ static struct cw_cluster *new_cluster(struct cwcache *c, uint64_t index)
     return cl;
 }
 
+bool cw_has_room(struct cwcache *c)
+{
+    return c->n_clusters < c->max_clusters || zerr_failed(&c->error);
+}
+
 void cw_wait_for_room(struct cwcache *c)
 {
-    while (c->n_clusters >= c->max_clusters && !zerr_failed(&c->error))
+    while (!cw_has_room(c))
         pthread_cond_wait(&c->cond, c->lock);
 }
 

@@ -78,6 +78,10 @@ void cw_free(struct cwcache *c);
  * allocating, never between allocation and cw_append(). */
 void cw_wait_for_room(struct cwcache *c);
 
+/* Would cw_wait_for_room() return at once?  (A caller that dropped the
+ * lock after waiting asks again.) */
+bool cw_has_room(struct cwcache *c);
+
 /* Runs handed out by one call, to be written after unlocking. */
 struct cw_ready {
     struct cw_run runs[CW_MAX_RUNS];

@@ -2,7 +2,8 @@
  * order, compressed cluster descriptors.  No I/O, no policy.  Each
  * structure with more to it has its own module, as in QEMU's
  * block/qcow2-*.c: qcow2_ext.h (header extensions), qcow2_l2.h (L2
- * entries), qcow2_refcount.h (refcounts and the allocator).
+ * entries), qcow2_refcount.h (refcounts and the allocator), qcow2_cache.h
+ * (the table cache).
  * Spec: QEMU docs/interop/qcow2.txt.  All fields big-endian on disk. */
 #ifndef ZCOW_QCOW2_H
 #define ZCOW_QCOW2_H

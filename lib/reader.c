@@ -7,9 +7,10 @@
  * table inside the file.  Corrupt metadata met while reading fails that
  * read with -EIO and a message; it never crashes.
  *
- * Reads are thread-safe: pread on one shared descriptor, and a small LRU
- * cache of L2 tables under a mutex; entries are copied out under the lock,
- * so no table is pinned while its data is read or decompressed.
+ * Reads are thread-safe: pread on one shared descriptor, and the L2 table
+ * cache (qcow2_cache.h, read-only) under a mutex; entries are copied out
+ * under the lock, so no table is pinned while its data is read or
+ * decompressed.
  * Decompression contexts are per thread (codec.c). */
 #include "reader.h"
 
@@ -28,6 +29,7 @@
 #include "codec.h"
 #include "error.h"
 #include "qcow2.h"
+#include "qcow2_cache.h"
 #include "qcow2_ext.h"
 #include "qcow2_l2.h"
 
@@ -36,16 +38,8 @@
 #define MAX_CHAIN_DEPTH 64
 /* QEMU: "Backing file name too long" beyond 1023 bytes. */
 #define MAX_BACKING_NAME 1023
-/* Bytes of L2 tables cached per image, and a bound on the table count
- * (the lookup is a scan). */
+/* Bytes of L2 tables cached per image (qcow2_cache.h bounds the count). */
 #define L2_CACHE_BYTES (32u << 20)
-#define L2_CACHE_MAX 64
-
-struct l2slot {
-    uint64_t offset;   /* host offset of the table; 0 = empty slot */
-    uint64_t used;     /* LRU tick */
-    uint8_t *data;     /* one cluster */
-};
 
 struct reader {
     char *path;
@@ -69,10 +63,8 @@ struct reader {
     char *backing_format;   /* from the extension, NULL if none */
     struct reader *backing;
 
-    pthread_mutex_t lock;   /* guards slots[] and tick */
-    struct l2slot *slots;
-    unsigned nslots;
-    uint64_t tick;
+    pthread_mutex_t lock;   /* guards l2 */
+    struct qcow2_cache l2;  /* read-only */
     atomic_ullong l2_lookups; /* table walks, for tests that count work */
 };
 
@@ -217,58 +209,21 @@ static void walk_table(const struct reader *r, const uint8_t *table, struct walk
         w->m.len = w->max;
 }
 
-/* The cached table at host offset OFF, or NULL.  Called with the lock. */
-static const uint8_t *cache_find(struct reader *r, uint64_t off)
-{
-    for (unsigned s = 0; s < r->nslots; s++) {
-        if (r->slots[s].offset == off) {
-            r->slots[s].used = ++r->tick;
-            return r->slots[s].data;
-        }
-    }
-    return NULL;
-}
-
-/* Walk the L2 table at host offset OFF, reading it into the cache first
- * if it is not there. */
+/* Walk the L2 table at host offset OFF, read into the cache first if it
+ * is not there (the lock is dropped while it is read). */
 static int l2_walk(struct reader *r, uint64_t off, struct walk *w)
 {
     atomic_fetch_add_explicit(&r->l2_lookups, 1, memory_order_relaxed);
-    pthread_mutex_lock(&r->lock);
-    const uint8_t *table = cache_find(r, off);
-    if (table)
-        walk_table(r, table, w);
-    pthread_mutex_unlock(&r->lock);
-    if (table)
-        return 0;
-
-    /* Read without the lock; another thread may load the same table at the
-     * same time, and the second one to finish drops its copy. */
     int e = check_table(r, off, r->cluster_size, "l2 table");
     if (e < 0)
         return e;
-    uint8_t *data = blk_alloc(r->cluster_size);
-    if (!data)
-        return zerr(ENOMEM, "out of memory");
-    if ((e = blk_read(&r->blk, data, r->cluster_size, off)) < 0) {
-        free(data);
-        return e;
-    }
+    uint8_t *table;
     pthread_mutex_lock(&r->lock);
-    if ((table = cache_find(r, off)) != NULL) {
-        free(data);
-    } else {
-        unsigned victim = 0;
-        for (unsigned s = 1; s < r->nslots; s++)
-            if (r->slots[s].used < r->slots[victim].used)
-                victim = s;
-        free(r->slots[victim].data);
-        r->slots[victim] = (struct l2slot){ .offset = off, .used = ++r->tick, .data = data };
-        table = data;
-    }
-    walk_table(r, table, w);
+    e = qcow2_cache_get(&r->l2, off, &table);
+    if (e == 0)
+        walk_table(r, table, w);
     pthread_mutex_unlock(&r->lock);
-    return 0;
+    return e;
 }
 
 /* Map guest bytes [OFF, OFF+MAX) of a qcow2 image: the longest run from
@@ -721,10 +676,8 @@ void reader_close(struct reader *r)
     if (!r)
         return;
     reader_close(r->backing);
-    if (r->slots) {
-        for (unsigned s = 0; s < r->nslots; s++)
-            free(r->slots[s].data);
-        free(r->slots);
+    if (r->l2.slots) {
+        qcow2_cache_free(&r->l2);
         pthread_mutex_destroy(&r->lock);
     }
     if (r->blk.fd >= 0)
@@ -937,13 +890,10 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
             r->l1[i] = qcow2_be64(&r->l1[i]);
     }
 
-    unsigned n = L2_CACHE_BYTES / r->cluster_size;
-    r->nslots = n < 4 ? 4 : n > L2_CACHE_MAX ? L2_CACHE_MAX : n;
-    r->slots = calloc(r->nslots, sizeof(*r->slots));
-    if (!r->slots) {
-        e = zerr(ENOMEM, "out of memory");
+    e = qcow2_cache_init(&r->l2, &r->lock, &r->blk, r->cluster_size,
+                         L2_CACHE_BYTES / r->cluster_size);
+    if (e < 0)
         goto out;
-    }
     pthread_mutex_init(&r->lock, NULL);
 
     if (r->backing_name) {

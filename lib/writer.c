@@ -5,14 +5,18 @@
  * the allocation frontier (the allocator of qcow2_refcount.h).  Because
  * allocation only moves forward, the refcounts of every cluster below the
  * frontier are final; their refcount block is written as soon as the
- * frontier has passed it, so memory stays bounded whatever the image size.  L2 tables live in a small LRU of slots
- * and are written when evicted.  At close the L1 table, the last refcount
- * blocks, the refcount table and the header are appended/written.
+ * frontier has passed it, so memory stays bounded whatever the image size.
+ * L2 tables live in the table cache (qcow2_cache.h, write-back) and are
+ * written when evicted.  Compressed streams go through the compressed write
+ * cache (cwcache.h).  At close the last L2 tables, the L1 table, the last
+ * refcount blocks, the refcount table and the header are written.
  *
- * Locking: one mutex (w->lock) guards the allocator, the L1/L2 slots, the
- * refcounts and the write cache.  It is held only for bookkeeping and the
- * copy of a compressed chunk into the cache: compression happens before,
- * and every write to the file after, with the lock dropped. */
+ * Locking: one mutex (w->lock) guards the allocator, the L1 table, the
+ * table cache and the write cache.  It is held only for bookkeeping and the
+ * copy of a compressed chunk into the write cache: allocate, set the L2
+ * entry, copy.  Compression happens before, and every write to the file
+ * after, with the lock dropped (the table cache drops it itself while it
+ * reads or writes a table). */
 #include "writer.h"
 
 #include <errno.h>
@@ -29,43 +33,23 @@
 #include "error.h"
 #include "fault.h"
 #include "qcow2.h"
+#include "qcow2_cache.h"
 #include "qcow2_ext.h"
 #include "qcow2_l2.h"
 #include "qcow2_refcount.h"
 #include "util.h"
 
-#define REFCOUNT_ORDER 4 /* 16-bit refcounts, QEMU's default */
-#define L2_SLOTS_BYTES (8u << 20) /* L2 tables kept in memory */
-#define MIN_L2_SLOTS 4
-#define MAX_L2_SLOTS 64   /* slots are scanned linearly */
+#define REFCOUNT_ORDER 4          /* 16-bit refcounts, QEMU's default */
+#define L2_CACHE_BYTES (8u << 20) /* L2 tables kept in memory */
 #define CACHE_BYTES (16u << 20)   /* compressed write cache bound */
-
-enum slot_state { SLOT_FREE, SLOT_READY, SLOT_BUSY };
-
-struct l2_slot {
-    enum slot_state state;
-    bool dirty;
-    uint32_t l1_index;
-    uint64_t last_use;
-    uint8_t *buf; /* cluster_size bytes, on-disk (big-endian) form */
-};
-
-/* A metadata cluster to write once the lock is dropped. */
-struct meta_write {
-    uint64_t offset;
-    uint8_t *buf;          /* freed after the write unless SLOT is set */
-    struct l2_slot *slot;  /* an evicted L2 table: freed slot after the write */
-    struct meta_write *next;
-};
 
 /* Work an operation leaves for after the unlock. */
 struct pending {
-    struct cw_ready ready;          /* runs of the write cache */
-    struct meta_write *meta;        /* evicted L2 tables */
-    struct qcow2_refblock *blocks;  /* refcount blocks the allocator handed out */
+    struct cw_ready ready;         /* runs of the write cache */
+    struct qcow2_refblock *blocks; /* refcount blocks the allocator handed out */
 };
 
-/* Bytes being read-modify-written without the cache (O_DIRECT). */
+/* Bytes being read-modify-written without the write cache (O_DIRECT). */
 struct range {
     uint64_t start, end;
     struct range *next;
@@ -81,21 +65,14 @@ struct writer {
     bool use_cache;
 
     pthread_mutex_t lock;
-    pthread_cond_t slot_cond;  /* a slot left SLOT_BUSY */
-    struct zerr_first error;   /* sticky: the first failure, with its message */
-
-    struct qcow2_alloc alloc;  /* clusters, compressed bytes and refcounts */
-
-    /* L1 and the L2 slots */
+    struct zerr_first error;  /* sticky: the first failure, with its message */
+    struct qcow2_alloc alloc; /* clusters, compressed bytes and refcounts */
     uint32_t l1_size;
-    uint64_t *l1;              /* L2 table offsets, host order; 0 = none */
-    struct l2_slot *slots;
-    unsigned n_slots;
-    uint64_t use_tick;
-
+    uint64_t *l1;          /* L2 table offsets, host order; 0 = none */
+    struct qcow2_cache l2; /* the L2 tables, write-back */
     struct cwcache cache;
 
-    /* read-modify-write ranges in flight (cache off) */
+    /* read-modify-write ranges in flight (write cache off) */
     pthread_mutex_t range_lock;
     pthread_cond_t range_cond;
     struct range *ranges;
@@ -117,8 +94,8 @@ static pthread_key_t tl_key;
 static pthread_once_t tl_once = PTHREAD_ONCE_INIT;
 
 struct tl_bufs {
-    uint8_t *out;   /* compressed output */
-    uint8_t *bounce;/* aligned copy of a cluster */
+    uint8_t *out;    /* compressed output */
+    uint8_t *bounce; /* aligned copy of a cluster */
     size_t cap;
 };
 
@@ -157,11 +134,11 @@ static struct tl_bufs *thread_bufs(size_t cap)
 
 /* ---- allocation ------------------------------------------------------------ */
 
-/* The allocator leaves the open compressed cluster for good. */
-static void close_compressed(struct writer *w, struct pending *p)
+/* What an allocator call left for the write cache: the allocator left the
+ * open compressed cluster, so the cache closes it too. */
+static void closed_compressed(struct writer *w, bool closed, struct pending *p)
 {
-    qcow2_alloc_close(&w->alloc);
-    if (w->use_cache)
+    if (closed && w->use_cache)
         cw_close_open(&w->cache, &p->ready);
 }
 
@@ -170,134 +147,41 @@ static int retire_refblocks(struct writer *w, struct pending *p)
 {
     bool closed;
     int r = qcow2_alloc_retire(&w->alloc, &p->blocks, &closed);
-    if (closed && w->use_cache)
-        cw_close_open(&w->cache, &p->ready);
+    closed_compressed(w, closed, p);
     return r;
 }
 
-/* LEN bytes for a compressed stream (qcow2_alloc_bytes). */
-static int alloc_bytes(struct writer *w, uint32_t len, struct pending *p, uint64_t *offset)
-{
-    bool closed;
-    int r = qcow2_alloc_bytes(&w->alloc, len, offset, &closed);
-    if (closed && w->use_cache)
-        cw_close_open(&w->cache, &p->ready);
-    return r;
-}
+/* ---- L2 tables --------------------------------------------------------------- */
 
-static void queue_meta(struct pending *p, struct meta_write *m)
+/* The L2 table for L1_INDEX, with the lock held: from the table cache, or
+ * with CREATE a new one, allocated at the frontier (else *TABLE is NULL
+ * where there is none).  May drop and retake the lock (to wait for a busy
+ * table, to read one back or to write one out), so it runs before
+ * anything is allocated in a critical section. */
+static int get_l2(struct writer *w, uint32_t l1_index, bool create, uint8_t **table)
 {
-    m->next = p->meta;
-    p->meta = m;
-}
-
-/* ---- L2 slots ---------------------------------------------------------------- */
-
-static struct l2_slot *find_slot(struct writer *w, uint32_t l1_index)
-{
-    for (unsigned i = 0; i < w->n_slots; i++)
-        if (w->slots[i].state != SLOT_FREE && w->slots[i].l1_index == l1_index)
-            return &w->slots[i];
-    return NULL;
-}
-
-/* A free slot, evicting the least recently used table if needed (its
- * write is queued in P).  NULL if every slot is busy: wait and retry. */
-static struct l2_slot *free_slot(struct writer *w, struct pending *p, int *err)
-{
-    struct l2_slot *victim = NULL;
-    for (unsigned i = 0; i < w->n_slots; i++) {
-        struct l2_slot *s = &w->slots[i];
-        if (s->state == SLOT_FREE)
-            return s;
-        if (s->state == SLOT_READY && (!victim || s->last_use < victim->last_use))
-            victim = s;
-    }
-    if (!victim)
-        return NULL;
-    if (!victim->dirty) {
-        victim->state = SLOT_FREE;
-        return victim;
-    }
-    struct meta_write *m = calloc(1, sizeof(*m));
-    if (!m) {
-        *err = zerr(ENOMEM, "out of memory");
-        return NULL;
-    }
-    m->offset = w->l1[victim->l1_index];
-    m->buf = victim->buf;
-    m->slot = victim;
-    victim->state = SLOT_BUSY;
-    queue_meta(p, m);
-    return NULL; /* the caller retries after this write */
-}
-
-/* The L2 table for L1_INDEX, in memory, with the lock held.  May drop and
- * retake the lock (to wait for a busy slot or to read a table back), so
- * it must run before anything is allocated in this critical section.
- * With CREATE, a missing table is allocated; else *SLOT may be NULL. */
-static int get_l2(struct writer *w, uint32_t l1_index, bool create, struct pending *p,
-                  struct l2_slot **slot)
-{
+    *table = NULL;
     for (;;) {
-        struct l2_slot *s = find_slot(w, l1_index);
-        if (s && s->state == SLOT_READY) {
-            s->last_use = ++w->use_tick;
-            *slot = s;
+        if (w->l1[l1_index])
+            return qcow2_cache_get(&w->l2, w->l1[l1_index], table);
+        if (!create)
             return 0;
-        }
-        if (s) { /* being written or read */
-            pthread_cond_wait(&w->slot_cond, &w->lock);
-            continue;
-        }
-        if (!create && w->l1[l1_index] == 0) {
-            *slot = NULL;
-            return 0;
-        }
-        int err = 0;
-        s = free_slot(w, p, &err);
-        if (err)
-            return err;
-        if (!s) {
-            if (p->meta) {
-                /* Write the evicted table now (lock dropped), then retry. */
-                return -EAGAIN;
-            }
-            pthread_cond_wait(&w->slot_cond, &w->lock);
-            continue;
-        }
-        s->l1_index = l1_index;
-        s->last_use = ++w->use_tick;
-        if (w->l1[l1_index] == 0) {
-            int r = qcow2_alloc_cluster(&w->alloc, &w->l1[l1_index]);
-            if (r < 0)
-                return r;
-            memset(s->buf, 0, w->cluster_size);
-            s->state = SLOT_READY;
-            s->dirty = true;
-            *slot = s;
-            return 0;
-        }
-        /* Read the table back from disk, outside the lock. */
-        s->state = SLOT_BUSY;
-        uint64_t off = w->l1[l1_index];
-        pthread_mutex_unlock(&w->lock);
-        int64_t n = blk_pread(&w->file, s->buf, w->cluster_size, off);
-        pthread_mutex_lock(&w->lock);
-        if (n >= 0 && n < (int64_t)w->cluster_size)
-            n = zerr(EIO, "cannot read back an L2 table of '%s': short read", w->file.path);
-        s->state = n < 0 ? SLOT_FREE : SLOT_READY;
-        s->dirty = false;
-        pthread_cond_broadcast(&w->slot_cond);
-        if (n < 0)
-            return (int)n;
+        int r = qcow2_cache_make_room(&w->l2);
+        if (r < 0)
+            return r;
+        if (w->l1[l1_index])
+            continue; /* made by another writer while the lock was dropped */
+        if ((r = qcow2_alloc_cluster(&w->alloc, &w->l1[l1_index])) < 0)
+            return r;
+        *table = qcow2_cache_get_empty(&w->l2, w->l1[l1_index]);
+        return *table ? 0 : zerr(EIO, "internal error: no room for a new L2 table");
     }
 }
 
 /* ---- writes after the unlock ------------------------------------------------ */
 
-/* Write what an operation left: finished cache clusters, evicted L2
- * tables, retired refcount blocks.  Called without the lock. */
+/* Write what an operation left: finished write cache runs, retired
+ * refcount blocks.  Called without the lock. */
 static int run_pending(struct writer *w, struct pending *p)
 {
     int err = 0;
@@ -307,34 +191,13 @@ static int run_pending(struct writer *w, struct pending *p)
             err = r;
     }
     p->ready.n = 0;
-    for (struct qcow2_refblock *b = p->blocks; b; b = b->next) {
-        int r = err ? err : blk_pwrite(&w->file, b->buf, w->cluster_size, b->offset);
-        if (r == 0)
+    for (struct qcow2_refblock *b = p->blocks; b && !err; b = b->next) {
+        err = blk_pwrite(&w->file, b->buf, w->cluster_size, b->offset);
+        if (err == 0)
             blk_drop_range(&w->file, b->offset, w->cluster_size);
-        if (r < 0 && !err)
-            err = r;
     }
     qcow2_refblocks_free(p->blocks);
     p->blocks = NULL;
-    while (p->meta) {
-        struct meta_write *m = p->meta;
-        p->meta = m->next;
-        int r = err ? err : blk_pwrite(&w->file, m->buf, w->cluster_size, m->offset);
-        if (r == 0)
-            blk_drop_range(&w->file, m->offset, w->cluster_size);
-        if (r < 0 && !err)
-            err = r;
-        if (m->slot) {
-            pthread_mutex_lock(&w->lock);
-            m->slot->state = SLOT_FREE;
-            m->slot->dirty = false;
-            pthread_cond_broadcast(&w->slot_cond);
-            pthread_mutex_unlock(&w->lock);
-        } else {
-            free(m->buf);
-        }
-        free(m);
-    }
     return err ? fail(w, err) : 0;
 }
 
@@ -406,18 +269,34 @@ static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
                     (unsigned long long)off);
     if (off >= w->virtual_size || len == 0 || len > w->virtual_size - off ||
         (len % w->cluster_size && off + len != w->virtual_size))
-        return zerr(EINVAL, "'%s': write of %zu bytes at %llu is outside the image",
-                    w->file.path, len, (unsigned long long)off);
+        return zerr(EINVAL, "'%s': write of %zu bytes at %llu is outside the image", w->file.path,
+                    len, (unsigned long long)off);
     return 0;
 }
 
 enum store_kind { STORE_COMPRESSED, STORE_NORMAL, STORE_ZERO };
 
+/* The L2 table of guest cluster GCI for a store, with the lock held and,
+ * for a compressed store, room in the write cache (back-pressure), both
+ * true at once: waiting for one may undo the other. */
+static int table_for_store(struct writer *w, uint32_t l1_index, bool compressed, uint8_t **table)
+{
+    bool wait = compressed && w->use_cache;
+    for (;;) {
+        if (wait)
+            cw_wait_for_room(&w->cache);
+        int r = get_l2(w, l1_index, true, table);
+        if (r < 0 || !wait || cw_has_room(&w->cache))
+            return r;
+    }
+}
+
 /* Place COUNT guest clusters from GUEST_OFF (all in one L2 table): under
  * the lock, allocate their bytes, set their L2 entries and (compressed,
- * cache on) copy the stream into the cache; then, unlocked, write what
- * must be written.  Compressed and zero stores are one cluster; a normal
- * store takes COUNT contiguous clusters and writes DATA with one write. */
+ * write cache on) copy the stream into the cache; then, unlocked, write
+ * what must be written.  Compressed and zero stores are one cluster; a
+ * normal store takes COUNT contiguous clusters and writes DATA with one
+ * write. */
 static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, const uint8_t *data,
                  uint32_t len, uint32_t count)
 {
@@ -425,32 +304,22 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
     uint64_t gci = guest_off >> w->cluster_bits;
     uint32_t l1_index = (uint32_t)(gci / l2_entries);
     uint32_t l2_index = (uint32_t)(gci % l2_entries);
-    struct pending p = { .meta = NULL };
-    struct l2_slot *slot;
+    struct pending p = { .blocks = NULL };
+    uint8_t *table;
     uint64_t host = 0;
-    int r;
 
     pthread_mutex_lock(&w->lock);
-    for (;;) {
-        if (w->use_cache && kind == STORE_COMPRESSED)
-            cw_wait_for_room(&w->cache);
-        r = get_l2(w, l1_index, true, &p, &slot);
-        if (r != -EAGAIN)
-            break;
-        pthread_mutex_unlock(&w->lock);
-        r = run_pending(w, &p);
-        pthread_mutex_lock(&w->lock);
-        if (r < 0)
-            break;
-    }
+    int r = table_for_store(w, l1_index, kind == STORE_COMPRESSED, &table);
     for (uint32_t i = 0; r == 0 && i < count; i++)
-        if (qcow2_be64(slot->buf + 8 * (l2_index + i)) != 0)
+        if (qcow2_be64(table + 8 * (l2_index + i)) != 0)
             r = zerr(EEXIST, "'%s': guest cluster at %llu written twice", w->file.path,
                      (unsigned long long)(guest_off + ((uint64_t)i << w->cluster_bits)));
     if (r == 0) {
         uint64_t entry = QCOW2_OFLAG_ZERO;
         if (kind == STORE_COMPRESSED) {
-            r = alloc_bytes(w, len, &p, &host);
+            bool closed;
+            r = qcow2_alloc_bytes(&w->alloc, len, &host, &closed);
+            closed_compressed(w, closed, &p);
             entry = qcow2_compressed_descriptor(w->cluster_bits, host, len);
             if (r == 0 && w->use_cache)
                 r = cw_append(&w->cache, host, data, len, &p.ready);
@@ -463,10 +332,10 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
                 if (i == 0)
                     host = off;
             }
-            qcow2_l2_set(slot->buf, l2_index + i, entry);
+            qcow2_l2_set(table, l2_index + i, entry);
         }
         if (r == 0) {
-            slot->dirty = true;
+            qcow2_cache_mark_dirty(&w->l2, table);
             r = retire_refblocks(w, &p);
         }
     }
@@ -517,8 +386,7 @@ static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, st
         return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0, 1) : 0;
     }
     /* QEMU's rule: compressed data must be smaller than a cluster. */
-    int clen = codec_compress(w->type, w->level, in, w->cluster_size, t->out,
-                              w->cluster_size - 1);
+    int clen = codec_compress(w->type, w->level, in, w->cluster_size, t->out, w->cluster_size - 1);
     if (clen == -ENOSPC)
         return 1;
     if (clen <= 0)
@@ -557,7 +425,8 @@ int writer_write(struct writer *w, uint64_t guest_off, const void *buf, size_t l
         if (r < 0)
             break;
         /* Incompressible: extend the run, or store it alone from a copy. */
-        bool follows = run.count && run.guest_off + ((uint64_t)run.count << w->cluster_bits) == off &&
+        bool follows = run.count &&
+                       run.guest_off + ((uint64_t)run.count << w->cluster_bits) == off &&
                        (off >> w->cluster_bits) % l2_entries != 0;
         if (!follows && (r = flush_normal_run(w, &run)) < 0)
             break;
@@ -588,7 +457,8 @@ int writer_write_compressed(struct writer *w, uint64_t guest_off, const void *cd
     if (r)
         return r;
     size_t span = guest_off < w->virtual_size && w->virtual_size - guest_off < w->cluster_size
-                      ? (size_t)(w->virtual_size - guest_off) : w->cluster_size;
+                      ? (size_t)(w->virtual_size - guest_off)
+                      : w->cluster_size;
     if ((r = check_guest_offset(w, guest_off, span)) < 0)
         return r;
     if (clen == 0 || clen > w->cluster_size - 1)
@@ -627,25 +497,15 @@ static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
 static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
 {
     uint32_t l2_entries = w->cluster_size / 8;
-    struct pending p = { .meta = NULL };
-    struct l2_slot *slot;
-    uint64_t entry = 0;
-    int r;
+    uint64_t entry = 0, bitmap;
+    uint8_t *table;
     pthread_mutex_lock(&w->lock);
-    while ((r = get_l2(w, (uint32_t)(gci / l2_entries), false, &p, &slot)) == -EAGAIN) {
-        pthread_mutex_unlock(&w->lock);
-        r = run_pending(w, &p);
-        pthread_mutex_lock(&w->lock);
-        if (r < 0)
-            break;
-    }
-    uint64_t bitmap;
-    if (r == 0 && slot)
-        qcow2_l2_get(slot->buf, false, gci % l2_entries, &entry, &bitmap);
+    int r = get_l2(w, (uint32_t)(gci / l2_entries), false, &table);
+    if (r == 0 && table)
+        qcow2_l2_get(table, false, gci % l2_entries, &entry, &bitmap);
     pthread_mutex_unlock(&w->lock);
-    int r2 = run_pending(w, &p);
-    if (r < 0 || r2 < 0)
-        return r < 0 ? r : r2;
+    if (r < 0) /* a table written out or read back failed: lost */
+        return fail(w, r);
 
     enum qcow2_cluster_type type = qcow2_cluster_type(entry, false);
     if (type == QCOW2_CLUSTER_NORMAL)
@@ -661,8 +521,8 @@ static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
         return zerr(ENOMEM, "out of memory");
     r = read_host(w, host, cbuf, (uint32_t)clen);
     if (r == 0 && codec_decompress(w->type, cbuf, clen, out, w->cluster_size) < 0)
-        r = zerr(EIO, "'%s': cannot decompress the cluster at guest offset %llu",
-                 w->file.path, (unsigned long long)(gci << w->cluster_bits));
+        r = zerr(EIO, "'%s': cannot decompress the cluster at guest offset %llu", w->file.path,
+                 (unsigned long long)(gci << w->cluster_bits));
     free(cbuf);
     return r;
 }
@@ -709,10 +569,9 @@ int writer_flush(struct writer *w)
 static int validate(const char *path, const struct zcow_create_options *o, unsigned *bits)
 {
     uint32_t cs = o->cluster_size ? o->cluster_size : 65536;
-    if (cs & (cs - 1) || cs < (1u << ZCOW_MIN_CLUSTER_BITS) ||
-        cs > (1u << QCOW2_MAX_CLUSTER_BITS))
-        return zerr(EINVAL, "'%s': cluster size %u is not a power of two from 4 KiB to 2 MiB",
-                    path, cs);
+    if (cs & (cs - 1) || cs < (1u << ZCOW_MIN_CLUSTER_BITS) || cs > (1u << QCOW2_MAX_CLUSTER_BITS))
+        return zerr(EINVAL, "'%s': cluster size %u is not a power of two from 4 KiB to 2 MiB", path,
+                    cs);
     *bits = (unsigned)__builtin_ctz(cs);
     if (o->compression_type != ZCOW_COMPRESSION_ZLIB &&
         o->compression_type != ZCOW_COMPRESSION_ZSTD)
@@ -729,8 +588,10 @@ static int validate(const char *path, const struct zcow_create_options *o, unsig
     uint64_t l2_span = (uint64_t)cs * (cs / 8);
     uint64_t l1_entries = (o->virtual_size + l2_span - 1) / l2_span;
     if (l1_entries > QCOW2_MAX_L1_BYTES / 8)
-        return zerr(EFBIG, "'%s': virtual size %llu is beyond qcow2's limit for %u-byte "
-                    "clusters (%llu bytes)", path, (unsigned long long)o->virtual_size, cs,
+        return zerr(EFBIG,
+                    "'%s': virtual size %llu is beyond qcow2's limit for %u-byte "
+                    "clusters (%llu bytes)",
+                    path, (unsigned long long)o->virtual_size, cs,
                     (unsigned long long)(QCOW2_MAX_L1_BYTES / 8 * l2_span));
     if (o->backing_file && strlen(o->backing_file) > 1023)
         return zerr(EINVAL, "'%s': backing file name too long", path);
@@ -740,19 +601,16 @@ static int validate(const char *path, const struct zcow_create_options *o, unsig
 static void writer_free(struct writer *w)
 {
     cw_free(&w->cache);
-    for (unsigned i = 0; i < w->n_slots; i++)
-        free(w->slots[i].buf);
-    free(w->slots);
+    qcow2_cache_free(&w->l2);
     qcow2_alloc_free(&w->alloc);
     free(w->l1);
     free(w->backing_file);
     free(w->backing_format);
     blk_close(&w->file);
     pthread_mutex_destroy(&w->lock);
-    pthread_cond_destroy(&w->slot_cond);
     pthread_mutex_destroy(&w->range_lock);
-    zerr_first_destroy(&w->error);
     pthread_cond_destroy(&w->range_cond);
+    zerr_first_destroy(&w->error);
     free(w);
 }
 
@@ -767,10 +625,9 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     if (!w)
         return zerr(ENOMEM, "out of memory");
     pthread_mutex_init(&w->lock, NULL);
-    pthread_cond_init(&w->slot_cond, NULL);
     pthread_mutex_init(&w->range_lock, NULL);
-    zerr_first_init(&w->error);
     pthread_cond_init(&w->range_cond, NULL);
+    zerr_first_init(&w->error);
     w->file.fd = -1;
     w->cluster_bits = bits;
     w->cluster_size = 1u << bits;
@@ -782,39 +639,27 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     uint64_t l2_span = (uint64_t)w->cluster_size * (w->cluster_size / 8);
     w->l1_size = (uint32_t)((o->virtual_size + l2_span - 1) / l2_span);
     w->l1 = calloc(w->l1_size, sizeof(*w->l1));
-    w->n_slots = L2_SLOTS_BYTES / w->cluster_size;
-    if (w->n_slots < MIN_L2_SLOTS)
-        w->n_slots = MIN_L2_SLOTS;
-    if (w->n_slots > MAX_L2_SLOTS)
-        w->n_slots = MAX_L2_SLOTS;
-    w->slots = calloc(w->n_slots, sizeof(*w->slots));
-    if (!w->l1 || !w->slots) {
+    if (!w->l1) {
         writer_free(w);
         return zerr(ENOMEM, "out of memory");
     }
-    for (unsigned i = 0; i < w->n_slots; i++)
-        if (!(w->slots[i].buf = blk_alloc(w->cluster_size))) {
-            writer_free(w);
-            return zerr(ENOMEM, "out of memory");
-        }
     if (o->backing_file) {
         w->backing_file = strdup(o->backing_file);
         w->backing_format = strdup(o->backing_format ? o->backing_format : "qcow2");
     }
     r = blk_create(&w->file, path, o->cache_mode == ZCOW_CACHE_NONE, o->drop_pages != 0,
                    o->atomic != 0);
-    if (r < 0) {
-        writer_free(w);
-        return r;
-    }
+    if (r == 0)
+        r = qcow2_cache_init(&w->l2, &w->lock, &w->file, w->cluster_size,
+                             L2_CACHE_BYTES / w->cluster_size);
     unsigned cache_clusters = o->cache_clusters ? o->cache_clusters : CACHE_BYTES / w->cluster_size;
-    if (w->use_cache && (r = cw_init(&w->cache, &w->lock, &w->file, bits, cache_clusters)) < 0) {
-        writer_free(w);
-        return r;
-    }
+    if (r == 0 && w->use_cache)
+        r = cw_init(&w->cache, &w->lock, &w->file, bits, cache_clusters);
     /* Cluster 0 is the header: counted now, written at close. */
     uint64_t header;
-    if ((r = qcow2_alloc_cluster(&w->alloc, &header)) < 0) {
+    if (r == 0)
+        r = qcow2_alloc_cluster(&w->alloc, &header);
+    if (r < 0) {
         writer_free(w);
         return r;
     }
@@ -824,84 +669,60 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
 
 /* ---- close -------------------------------------------------------------------- */
 
-static int write_zeroed_tail(struct writer *w, const void *data, size_t len, uint64_t off,
-                             size_t clusters)
+/* Append the L1 table (at least one cluster) at the frontier. */
+static int write_l1(struct writer *w, uint64_t *l1_offset)
 {
-    size_t total = clusters << w->cluster_bits;
-    uint8_t *buf = blk_zalloc(total);
-    if (!buf)
-        return zerr(ENOMEM, "out of memory");
-    memcpy(buf, data, len);
-    int r = blk_pwrite(&w->file, buf, total, off);
-    if (r == 0)
-        blk_drop_range(&w->file, off, total);
-    free(buf);
-    return r;
-}
-
-/* Append the L1 table, the last refcount blocks and the refcount table,
- * then the header.  Single-threaded: no other call may run now. */
-static int finalize(struct writer *w)
-{
-    struct pending p = { .meta = NULL };
-    int r;
-    close_compressed(w, &p);
-    if ((r = run_pending(w, &p)) < 0)
-        return r;
-    for (unsigned i = 0; i < w->n_slots; i++) {
-        struct l2_slot *s = &w->slots[i];
-        if (s->state == SLOT_READY && s->dirty) {
-            r = blk_pwrite(&w->file, s->buf, w->cluster_size, w->l1[s->l1_index]);
-            if (r < 0)
-                return r;
-            blk_drop_range(&w->file, w->l1[s->l1_index], w->cluster_size);
-        }
-    }
-
-    /* L1 table. */
     size_t l1_bytes = (size_t)w->l1_size * 8;
     size_t l1_clusters = (l1_bytes + w->cluster_size - 1) >> w->cluster_bits;
     if (l1_clusters == 0)
         l1_clusters = 1;
-    uint64_t l1_offset = 0, off;
+    uint64_t off;
     for (size_t i = 0; i < l1_clusters; i++) {
-        if ((r = qcow2_alloc_cluster(&w->alloc, &off)) < 0)
+        int r = qcow2_alloc_cluster(&w->alloc, &off);
+        if (r < 0)
             return r;
         if (i == 0)
-            l1_offset = off;
+            *l1_offset = off;
     }
-    uint64_t *l1 = malloc(l1_bytes ? l1_bytes : 8);
+    size_t total = l1_clusters << w->cluster_bits;
+    uint8_t *l1 = blk_zalloc(total);
     if (!l1)
         return zerr(ENOMEM, "out of memory");
     for (uint32_t i = 0; i < w->l1_size; i++)
-        qcow2_put_be64(&l1[i], w->l1[i] ? w->l1[i] | QCOW2_OFLAG_COPIED : 0);
-    r = write_zeroed_tail(w, l1, l1_bytes, l1_offset, l1_clusters);
+        qcow2_put_be64(l1 + 8 * i, w->l1[i] ? w->l1[i] | QCOW2_OFLAG_COPIED : 0);
+    int r = blk_pwrite(&w->file, l1, total, *l1_offset);
+    if (r == 0)
+        blk_drop_range(&w->file, *l1_offset, total);
     free(l1);
-    if (r < 0)
-        return r;
-    if ((r = retire_refblocks(w, &p)) < 0 || (r = run_pending(w, &p)) < 0)
-        return r;
+    return r;
+}
 
-    /* The refcount table and the last blocks, counting themselves. */
-    uint64_t table_offset, table_clusters;
+/* Append the refcount table and the last refcount blocks, which count
+ * themselves. */
+static int write_refcounts(struct writer *w, uint64_t *table_offset, uint64_t *table_clusters)
+{
+    struct pending p = { .blocks = NULL };
     uint8_t *table;
-    r = qcow2_alloc_finish(&w->alloc, &p.blocks, &table_offset, &table_clusters, &table);
+    int r = qcow2_alloc_finish(&w->alloc, &p.blocks, table_offset, table_clusters, &table);
     if (r == -EFBIG)
         r = zerr(EFBIG, "'%s': image too large for a refcount table", w->file.path);
-    if (r == 0)
-        r = run_pending(w, &p);
-    if (r == 0) {
-        r = blk_pwrite(&w->file, table, table_clusters << w->cluster_bits, table_offset);
-        if (r == 0)
-            blk_drop_range(&w->file, table_offset, table_clusters << w->cluster_bits);
-    }
-    free(table);
     if (r < 0) {
         qcow2_refblocks_free(p.blocks);
         return r;
     }
+    r = run_pending(w, &p);
+    size_t bytes = *table_clusters << w->cluster_bits;
+    if (r == 0 && (r = blk_pwrite(&w->file, table, bytes, *table_offset)) == 0)
+        blk_drop_range(&w->file, *table_offset, bytes);
+    free(table);
+    return r;
+}
 
-    /* The header, last: until now cluster 0 held zeros, not an image. */
+/* The header and its extensions, last: until now cluster 0 held zeros,
+ * not an image. */
+static int write_header(struct writer *w, uint64_t l1_offset, uint64_t table_offset,
+                        uint64_t table_clusters)
+{
     struct qcow2_header h = {
         .magic = QCOW2_MAGIC,
         .version = 3,
@@ -935,11 +756,37 @@ static int finalize(struct writer *w)
         return zerr(ENOSPC, "'%s': header does not fit in a cluster", w->file.path);
     }
     qcow2_header_encode(&h, hbuf);
-    r = blk_pwrite(&w->file, hbuf, w->cluster_size, 0);
+    int r = blk_pwrite(&w->file, hbuf, w->cluster_size, 0);
     if (r == 0)
         blk_drop_range(&w->file, 0, w->cluster_size);
     free(hbuf);
     return r;
+}
+
+/* Write everything still in memory, then the metadata, then the header.
+ * Single-threaded: no other call may run now. */
+static int finalize(struct writer *w)
+{
+    struct pending p = { .blocks = NULL };
+    pthread_mutex_lock(&w->lock);
+    qcow2_alloc_close(&w->alloc);
+    closed_compressed(w, true, &p);
+    int r = qcow2_cache_flush(&w->l2);
+    pthread_mutex_unlock(&w->lock);
+    int r2 = run_pending(w, &p);
+    if (r < 0 || r2 < 0)
+        return r < 0 ? r : r2;
+    uint64_t l1_offset = 0, table_offset, table_clusters;
+    if ((r = write_l1(w, &l1_offset)) < 0)
+        return r;
+    pthread_mutex_lock(&w->lock);
+    r = retire_refblocks(w, &p);
+    pthread_mutex_unlock(&w->lock);
+    if (r < 0 || (r = run_pending(w, &p)) < 0)
+        return r;
+    if ((r = write_refcounts(w, &table_offset, &table_clusters)) < 0)
+        return r;
+    return write_header(w, l1_offset, table_offset, table_clusters);
 }
 
 int writer_close(struct writer *w)

@@ -11,7 +11,8 @@
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
-#      cache test, the 32-thread stress test and a conversion with -j 4;
+#      cache and table cache tests, the 32-thread stress test and a
+#      conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -229,6 +230,7 @@ fi
 # ---- c. ThreadSanitizer ------------------------------------------------------------
 if has_stage c && built c-build; then
     add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
+    add c-test_qcow2_cache "test_qcow2_cache [tsan]" "$tsan_env" build-thread/tests/test_qcow2_cache
     if [ -x build-thread/tests/test_stress ]; then
         add c-test_stress "test_stress [tsan]" "$tsan_env" build-thread/tests/test_stress
     fi

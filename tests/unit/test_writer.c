@@ -1,8 +1,8 @@
 /* test_writer.c - the writer through the public API: multi-cluster writes
  * from unaligned buffers, read-your-writes while writing, a cluster
  * written twice (refused, not sticky), zero clusters over a backing file,
- * refcounts across a refcount block boundary, and qemu-img's verdict on
- * each image. */
+ * refcounts across a refcount block boundary, L2 tables written out and
+ * read back, and qemu-img's verdict on each image. */
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -178,6 +178,68 @@ static void test_refcount_block_boundary(void)
     free(data);
 }
 
+/* More L2 tables than the writer keeps in memory (64; 4 KiB clusters: a
+ * table maps 2 MiB): two clusters in each of 300 tables, the tables in a
+ * random order each time, so that every table is written out, read back
+ * and changed again.  Read-your-writes through tables read back, then
+ * qemu-img's verdict and a comparison with a raw copy. */
+static void test_l2_eviction(void)
+{
+    enum { TABLES = 300, CS = 4096 };
+    const uint64_t span = 2u << 20, size = TABLES * span;
+    char path[4200], raw[4200], cmd[9000];
+    snprintf(path, sizeof(path), "%s/l2-evict.qcow2", dir);
+    snprintf(raw, sizeof(raw), "%s/l2-evict.raw", dir);
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, CS) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0);
+    zcow_image *img;
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
+    CHECKF(r == 0, "create: %s", zcow_get_error());
+    if (r)
+        return;
+    FILE *f = fopen(raw, "wb");
+    CHECK(f && ftruncate(fileno(f), (off_t)size) == 0);
+    uint64_t rs = unit_stream(41);
+    unsigned order[TABLES];
+    uint8_t data[CS], back[CS];
+    long wrong = 0;
+    for (unsigned pass = 0; pass < 2; pass++) {
+        for (unsigned i = 0; i < TABLES; i++)
+            order[i] = i;
+        for (unsigned i = TABLES - 1; i > 0; i--) { /* shuffle */
+            unsigned j = (unsigned)unit_range(&rs, 0, i), t = order[i];
+            order[i] = order[j];
+            order[j] = t;
+        }
+        for (unsigned i = 0; i < TABLES; i++) {
+            uint64_t off = order[i] * span + (pass + 1) * 64 * CS;
+            for (unsigned k = 0; k < CS; k++) /* compressible, distinct per cluster */
+                data[k] = (uint8_t)(order[i] + pass * 7 + k / 64);
+            if (zcow_write_cluster(img, off, data, CS) != 0 && wrong++ < 3)
+                CHECKF(0, "write at %llu: %s", (unsigned long long)off, zcow_get_error());
+            if (f && (fseek(f, (long)off, SEEK_SET) != 0 || fwrite(data, 1, CS, f) != CS))
+                wrong++;
+        }
+    }
+    /* Read back the first pass's clusters, whose tables left memory. */
+    for (unsigned t = 0; t < TABLES; t += 7) {
+        for (unsigned k = 0; k < CS; k++)
+            data[k] = (uint8_t)(t + k / 64);
+        if ((zcow_read(img, t * span + 64 * CS, back, CS) != 0 || memcmp(back, data, CS)) &&
+            wrong++ < 3)
+            CHECKF(0, "read back of table %u wrong: %s", t, zcow_get_error());
+    }
+    CHECKF(wrong == 0, "%ld failures", wrong);
+    if (f)
+        fclose(f);
+    CHECKF(zcow_close(img) == 0, "close: %s", zcow_get_error());
+    CHECKF(qemu_img_ok(path), "qemu-img check failed on %s", path);
+    snprintf(cmd, sizeof(cmd), "qemu-img compare -q -f raw -F qcow2 '%s' '%s'", raw, path);
+    CHECKF(system(cmd) == 0, "the image does not read back as written");
+}
+
 int main(void)
 {
     unit_init("test_writer");
@@ -192,6 +254,7 @@ int main(void)
     test_write_read(ZCOW_COMPRESSION_ZSTD, 65536, ZCOW_CACHE_NONE, 0);
     test_backing_zero();
     test_refcount_block_boundary();
+    test_l2_eviction();
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)
