@@ -38,38 +38,6 @@ int zcow_create(const char *path, const struct zcow_create_options *opts, zcow_i
     return 0;
 }
 
-int zcow_open(const char *path, const char *format, int direct, zcow_image **out)
-{
-    *out = NULL;
-    zcow_image *img = new_handle();
-    if (!img)
-        return -ENOMEM;
-    int r = reader_open(path, format, direct, &img->r);
-    if (r == 0 && !(img->path = strdup(path))) {
-        reader_close(img->r);
-        r = zerr(ENOMEM, "out of memory");
-    }
-    if (r < 0) {
-        free(img);
-        return r;
-    }
-    *out = img;
-    return 0;
-}
-
-zcow_image *zcow_get_backing(zcow_image *img)
-{
-    if (!img || !img->r || img->backing)
-        return img ? img->backing : NULL;
-    struct reader *b = reader_backing(img->r);
-    if (!b || !(img->backing = new_handle()))
-        return NULL;
-    img->backing->r = b;
-    img->backing->borrowed = 1;
-    img->backing->above = img;
-    return img->backing;
-}
-
 /* Free the handles zcow_get_backing() made under IMG (their readers
  * belong to IMG's chain). */
 static void free_backing_handles(zcow_image *img)
@@ -81,6 +49,45 @@ static void free_backing_handles(zcow_image *img)
         img = next;
     }
 }
+
+/* The handles of IMG's backing chain, made when IMG is opened so that
+ * zcow_get_backing() only reads (any thread may call it). */
+static int make_backing_handles(zcow_image *img)
+{
+    for (zcow_image *h = img; reader_backing(h->r); h = h->backing) {
+        if (!(h->backing = new_handle()))
+            return -ENOMEM;
+        h->backing->r = reader_backing(h->r);
+        h->backing->borrowed = 1;
+        h->backing->above = h;
+    }
+    return 0;
+}
+
+int zcow_open(const char *path, const char *format, int direct, zcow_image **out)
+{
+    *out = NULL;
+    zcow_image *img = new_handle();
+    if (!img)
+        return -ENOMEM;
+    int r = reader_open(path, format, direct, &img->r);
+    if (r == 0 && (!(img->path = strdup(path)) || make_backing_handles(img) < 0)) {
+        free_backing_handles(img->backing);
+        free(img->path);
+        reader_close(img->r);
+        r = zerr(ENOMEM, "out of memory");
+    }
+    if (r < 0) {
+        free(img);
+        return r;
+    }
+    *out = img;
+    return 0;
+}
+
+
+zcow_image *zcow_get_backing(zcow_image *img) { return img ? img->backing : NULL; }
+
 
 /* The name IMG was opened by: its own, or for a backing handle the path
  * the image above resolved, which that image's reader owns.  The info
