@@ -11,18 +11,26 @@
 
 /* ---- entries and geometry --------------------------------------------- */
 
+/* Entries of 1, 2 or 4 bits: the byte holding entry I, the entry's shift
+ * in it (from the least significant bit) and its mask. */
+static uint8_t *sub_byte(const void *block, unsigned order, uint64_t i, unsigned *shift,
+                         uint8_t *mask)
+{
+    unsigned bits = 1u << order, per_byte = 8 / bits;
+    *shift = (unsigned)(i % per_byte) * bits;
+    *mask = (uint8_t)(((1u << bits) - 1) << *shift);
+    return (uint8_t *)block + i / per_byte;
+}
+
 uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
 {
     const uint8_t *b = block;
+    unsigned shift;
+    uint8_t mask;
     switch (order) {
     case 0:
     case 1:
-    case 2: {
-        unsigned bits = 1u << order;
-        unsigned per_byte = 8 / bits;
-        unsigned shift = (unsigned)(i % per_byte) * bits;
-        return (b[i / per_byte] >> shift) & ((1u << bits) - 1);
-    }
+    case 2: return (*sub_byte(block, order, i, &shift, &mask) & mask) >> shift;
     case 3: return b[i];
     case 4: return qcow2_be16(b + 2 * i);
     case 5: return qcow2_be32(b + 4 * i);
@@ -32,18 +40,15 @@ uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
 
 void qcow2_refcount_set(void *block, unsigned order, uint64_t i, uint64_t v)
 {
-    uint8_t *b = block;
+    uint8_t *b = block, *p, mask;
+    unsigned shift;
     switch (order) {
     case 0:
     case 1:
-    case 2: {
-        unsigned bits = 1u << order;
-        unsigned per_byte = 8 / bits;
-        unsigned shift = (unsigned)(i % per_byte) * bits;
-        uint8_t mask = (uint8_t)(((1u << bits) - 1) << shift);
-        b[i / per_byte] = (uint8_t)((b[i / per_byte] & ~mask) | ((v << shift) & mask));
+    case 2:
+        p = sub_byte(block, order, i, &shift, &mask);
+        *p = (uint8_t)((*p & ~mask) | ((v << shift) & mask));
         break;
-    }
     case 3: b[i] = (uint8_t)v; break;
     case 4: qcow2_put_be16(b + 2 * i, (uint16_t)v); break;
     case 5: qcow2_put_be32(b + 4 * i, (uint32_t)v); break;
