@@ -589,6 +589,52 @@ static int l2map_add(struct check *c, uint64_t off, uint64_t refs, uint64_t acti
     return 0;
 }
 
+/* The 8-byte big-endian entries of a table (L1, bitmap) read a chunk at a
+ * time.  Entries past the end of the file read as zero and count nothing:
+ * they are not visited. */
+struct entries {
+    struct check *c;
+    uint64_t off, count; /* the table, its entries inside the file */
+    uint64_t base, n, i; /* the chunk: entries [base, base + n), the next i */
+    uint64_t *chunk;
+    int err;
+};
+
+static int entries_open(struct entries *t, struct check *c, uint64_t off, uint64_t count)
+{
+    memset(t, 0, sizeof(*t));
+    t->c = c;
+    t->off = off;
+    if (off < c->file_len)
+        t->count = (c->file_len - off + 7) / 8 < count ? (c->file_len - off + 7) / 8 : count;
+    t->chunk = malloc(L1_CHUNK * 8);
+    return t->chunk ? 0 : zerr(ENOMEM, "out of memory");
+}
+
+/* The next entry and its index; false at the end or on a read error. */
+static bool entries_next(struct entries *t, uint64_t *index, uint64_t *e)
+{
+    if (t->i == t->n) {
+        t->base += t->n;
+        if (t->base >= t->count || t->err)
+            return false;
+        t->n = t->count - t->base < L1_CHUNK ? t->count - t->base : L1_CHUNK;
+        t->i = 0;
+        if ((t->err = read_at(t->c, t->chunk, t->n * 8, t->off + t->base * 8)) < 0)
+            return false;
+    }
+    *index = t->base + t->i;
+    *e = qcow2_be64(&t->chunk[t->i++]);
+    return true;
+}
+
+/* Free, and the read error if there was one. */
+static int entries_close(struct entries *t)
+{
+    free(t->chunk);
+    return t->err;
+}
+
 /* Count the L1 table at L1_OFF of L1_SIZE entries and the L2 tables it
  * points at, MULT times (identical snapshot tables are walked once).  The
  * active table also has its COPIED flags checked against the stored
@@ -602,53 +648,40 @@ static int walk_l1(struct check *c, uint64_t l1_off, uint64_t l1_size, bool acti
         c->res->check_errors++;
         return zerr(EIO, "cannot read the L1 table at offset 0x%" PRIx64, l1_off);
     }
-    /* Entries past the end of the file read as zero and count nothing. */
-    uint64_t in_file = 0;
-    if (l1_off < c->file_len) {
-        in_file = (c->file_len - l1_off + 7) / 8;
-        if (in_file > l1_size)
-            in_file = l1_size;
-    }
-    uint64_t *chunk = malloc(L1_CHUNK * 8);
-    if (!chunk)
-        return zerr(ENOMEM, "out of memory");
-    int r = 0;
-    for (uint64_t base = 0; base < in_file && r == 0; base += L1_CHUNK) {
-        uint64_t n = in_file - base < L1_CHUNK ? in_file - base : L1_CHUNK;
-        r = read_at(c, chunk, n * 8, l1_off + base * 8);
-        for (uint64_t i = 0; i < n && r == 0; i++) {
-            uint64_t e = qcow2_be64(&chunk[i]);
-            if (!e)
-                continue;
-            if (e & QCOW2_L1E_RESERVED) {
-                note(c, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
-                c->res->corruptions += mult;
-            }
-            uint64_t l2 = e & QCOW2_OFFSET_MASK;
-            count_range(c, l2, c->cs, mult);
-            if (l2 & (c->cs - 1)) {
+    struct entries t;
+    int r = entries_open(&t, c, l1_off, l1_size);
+    uint64_t i, e;
+    while (r == 0 && entries_next(&t, &i, &e)) {
+        if (!e)
+            continue;
+        if (e & QCOW2_L1E_RESERVED) {
+            note(c, "ERROR found L1 entry with reserved bits set: %" PRIx64, e);
+            c->res->corruptions += mult;
+        }
+        uint64_t l2 = e & QCOW2_OFFSET_MASK;
+        count_range(c, l2, c->cs, mult);
+        if (l2 & (c->cs - 1)) {
+            note(c,
+                 "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
+                 "corrupted",
+                 l2);
+            c->res->corruptions += mult;
+        }
+        r = l2map_add(c, l2, mult, active ? mult : 0);
+        if (active && l2) {
+            uint64_t rc;
+            if (stored_refcount(c, l2 >> c->cb, &rc) == 0 &&
+                (rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
                 note(c,
-                     "ERROR l2_offset=%" PRIx64 ": Table is not cluster aligned; L1 entry "
-                     "corrupted",
-                     l2);
-                c->res->corruptions += mult;
-            }
-            r = l2map_add(c, l2, mult, active ? mult : 0);
-            if (active && l2) {
-                uint64_t rc;
-                if (stored_refcount(c, l2 >> c->cb, &rc) == 0 &&
-                    (rc == 1) != !!(e & QCOW2_OFLAG_COPIED)) {
-                    note(c,
-                         "ERROR OFLAG_COPIED L2 cluster: l1_index=%" PRIu64 " l1_entry=%" PRIx64
-                         " refcount=%" PRIu64,
-                         base + i, e, rc);
-                    c->res->corruptions++;
-                }
+                     "ERROR OFLAG_COPIED L2 cluster: l1_index=%" PRIu64 " l1_entry=%" PRIx64
+                     " refcount=%" PRIu64,
+                     i, e, rc);
+                c->res->corruptions++;
             }
         }
     }
-    free(chunk);
-    return r;
+    int r2 = entries_close(&t);
+    return r < 0 ? r : r2;
 }
 
 static int try_decompress(struct check *c, uint64_t l2_off, uint64_t i, uint64_t coff,
@@ -874,42 +907,30 @@ static int bitmap_table(struct check *c, uint64_t table_off, uint64_t entries, b
         *why = "cannot read a bitmap table";
         return -EINVAL;
     }
-    uint64_t in_file = 0;
-    if (table_off < c->file_len) {
-        in_file = (c->file_len - table_off + 7) / 8;
-        if (in_file > entries)
-            in_file = entries;
-    }
-    uint64_t *chunk = malloc(L1_CHUNK * 8);
-    if (!chunk)
-        return zerr(ENOMEM, "out of memory");
-    int r = 0;
-    for (uint64_t base = 0; base < in_file && r == 0; base += L1_CHUNK) {
-        uint64_t n = in_file - base < L1_CHUNK ? in_file - base : L1_CHUNK;
-        r = read_at(c, chunk, n * 8, table_off + base * 8);
-        for (uint64_t i = 0; i < n && r == 0; i++) {
-            uint64_t e = qcow2_be64(&chunk[i]);
-            uint64_t off = e & QCOW2_OFFSET_MASK;
-            if ((e & BME_TABLE_RESERVED) ||
-                (off && ((e & BME_TABLE_ALL_ONES) || (off & (c->cs - 1))))) {
-                if (!in_use) {
-                    *why = "invalid bitmap table entry";
-                    r = -EINVAL;
-                    break;
-                }
-                note(c,
-                     "ERROR bitmap table entry %" PRIu64 " of the table at 0x%" PRIx64
-                     " is invalid: %" PRIx64,
-                     base + i, table_off, e);
-                c->res->corruptions++;
-                continue;
+    struct entries t;
+    int r = entries_open(&t, c, table_off, entries);
+    uint64_t i, e;
+    while (r == 0 && entries_next(&t, &i, &e)) {
+        uint64_t off = e & QCOW2_OFFSET_MASK;
+        if ((e & BME_TABLE_RESERVED) ||
+            (off && ((e & BME_TABLE_ALL_ONES) || (off & (c->cs - 1))))) {
+            if (!in_use) {
+                *why = "invalid bitmap table entry";
+                r = -EINVAL;
+                break;
             }
-            if (off)
-                count_range(c, off, c->cs, 1);
+            note(c,
+                 "ERROR bitmap table entry %" PRIu64 " of the table at 0x%" PRIx64
+                 " is invalid: %" PRIx64,
+                 i, table_off, e);
+            c->res->corruptions++;
+            continue;
         }
+        if (off)
+            count_range(c, off, c->cs, 1);
     }
-    free(chunk);
-    return r;
+    int r2 = entries_close(&t);
+    return r < 0 ? r : r2;
 }
 
 /* QEMU: bitmap_list_load and qcow2_load_dirty_bitmaps at open, then

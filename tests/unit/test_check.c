@@ -50,7 +50,7 @@ static void save(const char *path, const void *buf, size_t len)
 #define CS 4096u
 
 struct image {
-    uint8_t buf[16 * CS];
+    uint8_t buf[48 * CS]; /* room for an L1 table of 20000 entries */
     size_t len;
     unsigned order;
     uint8_t cluster_a[CS], cluster_b[CS];
@@ -204,6 +204,14 @@ static void test_shared_l2(void)
     CHECK(res.allocated_clusters == 3 * 4096ull);
     CHECK(res.compressed_clusters == 2 * 4096ull);
     CHECKF(dt < 2.0, "took %.2f s", dt);
+
+    /* 20000 entries: the L1 table is read in pieces (8192 entries each);
+     * every entry of every piece is counted. */
+    build(&im, 4, 20000);
+    CHECK(run_check(&im, 0, &res, &lines) == 0);
+    CHECKF(res.allocated_clusters == 3 * 20000ull, "%llu clusters allocated",
+           (unsigned long long)res.allocated_clusters);
+    CHECKF(res.corruptions == 4, "%llu corruptions", (unsigned long long)res.corruptions);
 }
 
 static void test_decompress_failure(void)
