@@ -6,6 +6,7 @@
 #include <libgen.h>
 #include <limits.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -282,6 +283,79 @@ int blk_read(struct blk *b, void *buf, size_t len, uint64_t off)
     }
     free(bounce);
     return 0;
+}
+
+struct blk_range {
+    uint64_t start, end;
+    struct blk_range *next;
+};
+
+void blk_rmw_init(struct blk_rmw *m)
+{
+    pthread_mutex_init(&m->lock, NULL);
+    pthread_cond_init(&m->cond, NULL);
+    m->ranges = NULL;
+}
+
+void blk_rmw_destroy(struct blk_rmw *m)
+{
+    pthread_mutex_destroy(&m->lock);
+    pthread_cond_destroy(&m->cond);
+}
+
+/* Wait until nothing in flight overlaps [START, END), then claim it. */
+static void range_lock(struct blk_rmw *m, struct blk_range *me, uint64_t start, uint64_t end)
+{
+    pthread_mutex_lock(&m->lock);
+    for (;;) {
+        bool overlap = false;
+        for (struct blk_range *r = m->ranges; r && !overlap; r = r->next)
+            overlap = r->start < end && start < r->end;
+        if (!overlap)
+            break;
+        pthread_cond_wait(&m->cond, &m->lock);
+    }
+    me->start = start;
+    me->end = end;
+    me->next = m->ranges;
+    m->ranges = me;
+    pthread_mutex_unlock(&m->lock);
+}
+
+static void range_unlock(struct blk_rmw *m, struct blk_range *me)
+{
+    pthread_mutex_lock(&m->lock);
+    struct blk_range **pp = &m->ranges;
+    while (*pp != me)
+        pp = &(*pp)->next;
+    *pp = me->next;
+    pthread_cond_broadcast(&m->cond);
+    pthread_mutex_unlock(&m->lock);
+}
+
+int blk_pwrite_rmw(struct blk *b, struct blk_rmw *m, const void *buf, size_t len, uint64_t off)
+{
+    if (!b->direct) {
+        int r = blk_pwrite(b, buf, len, off);
+        if (r == 0)
+            blk_drop_range(b, off, len);
+        return r;
+    }
+    uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
+    uint64_t end = (off + len + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
+    uint8_t *block = blk_alloc(end - start);
+    if (!block)
+        return zerr(ENOMEM, "out of memory");
+    struct blk_range me;
+    range_lock(m, &me, start, end);
+    int r = blk_read(b, block, end - start, start);
+    if (r == 0) {
+        memcpy(block + (off - start), buf, len);
+        r = blk_pwrite(b, block, end - start, start);
+    }
+    range_unlock(m, &me);
+    free(block);
+    return r;
 }
 
 void blk_drop_range(struct blk *b, uint64_t off, uint64_t len)

@@ -6,6 +6,7 @@
 #ifndef ZCOW_BLOCKIO_H
 #define ZCOW_BLOCKIO_H
 
+#include <pthread.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -52,6 +53,22 @@ int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off);
  * place.  Returns 0 or a negative errno. */
 #define BLK_BOUNCE_MAX (1u << 20)
 int blk_read(struct blk *b, void *buf, size_t len, uint64_t off);
+
+/* Writes of any alignment: under O_DIRECT, a read-modify-write of the
+ * aligned blocks around the bytes, serialised against the overlapping ones
+ * in flight (two read-modify-writes of one block at once would lose one of
+ * them), as QEMU's block layer does; without O_DIRECT a plain write, its
+ * pages dropped (when drop_pages).  One struct blk_rmw per file written so;
+ * thread-safe. */
+struct blk_range;
+struct blk_rmw {
+    pthread_mutex_t lock;      /* guards ranges */
+    pthread_cond_t cond;       /* a range left */
+    struct blk_range *ranges;  /* the aligned ranges being rewritten */
+};
+void blk_rmw_init(struct blk_rmw *m);
+void blk_rmw_destroy(struct blk_rmw *m);
+int blk_pwrite_rmw(struct blk *b, struct blk_rmw *m, const void *buf, size_t len, uint64_t off);
 
 /* Write back and drop [OFF, OFF+LEN) from the page cache (when drop_pages). */
 void blk_drop_range(struct blk *b, uint64_t off, uint64_t len);

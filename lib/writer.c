@@ -49,12 +49,6 @@ struct pending {
     struct qcow2_refblock *blocks; /* refcount blocks the allocator handed out */
 };
 
-/* Bytes being read-modify-written without the write cache (O_DIRECT). */
-struct range {
-    uint64_t start, end;
-    struct range *next;
-};
-
 struct writer {
     struct blk file;
     char *backing_file, *backing_format;
@@ -70,12 +64,8 @@ struct writer {
     uint32_t l1_size;
     uint64_t *l1;          /* L2 table offsets, host order; 0 = none */
     struct qcow2_cache l2; /* the L2 tables, write-back */
-    struct cwcache cache;
-
-    /* read-modify-write ranges in flight (write cache off) */
-    pthread_mutex_t range_lock;
-    pthread_cond_t range_cond;
-    struct range *ranges;
+    struct cwcache cache;  /* compressed streams (write cache on) */
+    struct blk_rmw rmw;    /* compressed streams written where they land (off) */
 
     /* statistics */
     atomic_ullong n_compressed, n_normal, n_zero;
@@ -201,65 +191,6 @@ static int run_pending(struct writer *w, struct pending *p)
     return err ? fail(w, err) : 0;
 }
 
-static struct range *range_lock(struct writer *w, struct range *me, uint64_t start, uint64_t end)
-{
-    pthread_mutex_lock(&w->range_lock);
-    for (;;) {
-        bool overlap = false;
-        for (struct range *r = w->ranges; r; r = r->next)
-            if (r->start < end && start < r->end)
-                overlap = true;
-        if (!overlap)
-            break;
-        pthread_cond_wait(&w->range_cond, &w->range_lock);
-    }
-    me->start = start;
-    me->end = end;
-    me->next = w->ranges;
-    w->ranges = me;
-    pthread_mutex_unlock(&w->range_lock);
-    return me;
-}
-
-static void range_unlock(struct writer *w, struct range *me)
-{
-    pthread_mutex_lock(&w->range_lock);
-    struct range **pp = &w->ranges;
-    while (*pp != me)
-        pp = &(*pp)->next;
-    *pp = me->next;
-    pthread_cond_broadcast(&w->range_cond);
-    pthread_mutex_unlock(&w->range_lock);
-}
-
-/* Without the write cache: each chunk written where it lands.  Under
- * O_DIRECT that is a read-modify-write of the aligned blocks around it,
- * serialised against overlapping ones, as QEMU's block layer does. */
-static int write_uncached(struct writer *w, const void *data, uint32_t len, uint64_t off)
-{
-    if (!w->file.direct) {
-        int r = blk_pwrite(&w->file, data, len, off);
-        if (r == 0)
-            blk_drop_range(&w->file, off, len);
-        return r;
-    }
-    uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
-    uint64_t end = (off + len + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
-    uint8_t *buf = blk_alloc(end - start);
-    if (!buf)
-        return zerr(ENOMEM, "out of memory");
-    struct range me;
-    range_lock(w, &me, start, end);
-    int r = blk_read(&w->file, buf, end - start, start);
-    if (r == 0) {
-        memcpy(buf + (off - start), data, len);
-        r = blk_pwrite(&w->file, buf, end - start, start);
-    }
-    range_unlock(w, &me);
-    free(buf);
-    return r;
-}
-
 /* ---- the write path ----------------------------------------------------------- */
 
 static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
@@ -349,7 +280,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
         return r < 0 ? r : r2;
 
     if (kind == STORE_COMPRESSED && !w->use_cache)
-        r = write_uncached(w, data, len, host);
+        r = blk_pwrite_rmw(&w->file, &w->rmw, data, len, host);
     else if (kind == STORE_NORMAL) {
         size_t bytes = (size_t)count << w->cluster_bits;
         r = blk_pwrite(&w->file, data, bytes, host);
@@ -608,8 +539,7 @@ static void writer_free(struct writer *w)
     free(w->backing_format);
     blk_close(&w->file);
     pthread_mutex_destroy(&w->lock);
-    pthread_mutex_destroy(&w->range_lock);
-    pthread_cond_destroy(&w->range_cond);
+    blk_rmw_destroy(&w->rmw);
     zerr_first_destroy(&w->error);
     free(w);
 }
@@ -625,8 +555,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     if (!w)
         return zerr(ENOMEM, "out of memory");
     pthread_mutex_init(&w->lock, NULL);
-    pthread_mutex_init(&w->range_lock, NULL);
-    pthread_cond_init(&w->range_cond, NULL);
+    blk_rmw_init(&w->rmw);
     zerr_first_init(&w->error);
     w->file.fd = -1;
     w->cluster_bits = bits;
