@@ -2,31 +2,77 @@
 #include "qcow2.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <string.h>
+
+/* The header's fields.  struct qcow2_header is laid out as the header on
+ * disk (packed, 112 bytes), so each member's offset in it is the field's
+ * position in the header (the spec's "Byte" column): encoding and decoding
+ * convert each member's byte order in place. */
+struct field {
+    uint8_t at, width;
+};
+
+#define FIELD(name)                                                                                \
+    {                                                                                              \
+        offsetof(struct qcow2_header, name), sizeof(((struct qcow2_header *)0)->name)              \
+    }
+
+static const struct field fields[] = {
+    FIELD(magic),
+    FIELD(version),
+    FIELD(backing_file_offset),
+    FIELD(backing_file_size),
+    FIELD(cluster_bits),
+    FIELD(size),
+    FIELD(crypt_method),
+    FIELD(l1_size),
+    FIELD(l1_table_offset),
+    FIELD(refcount_table_offset),
+    FIELD(refcount_table_clusters),
+    FIELD(nb_snapshots),
+    FIELD(snapshots_offset),
+    /* version 3 */
+    FIELD(incompatible_features),
+    FIELD(compatible_features),
+    FIELD(autoclear_features),
+    FIELD(refcount_order),
+    FIELD(header_length),
+    FIELD(compression_type),
+};
+
+/* Convert the fields in bytes [FROM, TO) between big-endian (disk) and
+ * host order; the conversion is its own inverse. */
+static void swap_fields(const uint8_t *in, uint8_t *out, unsigned from, unsigned to)
+{
+    for (size_t i = 0; i < sizeof(fields) / sizeof(fields[0]); i++) {
+        unsigned at = fields[i].at;
+        if (at < from || at + fields[i].width > to)
+            continue;
+        switch (fields[i].width) {
+        case 1: out[at] = in[at]; break;
+        case 4: {
+            uint32_t v;
+            memcpy(&v, in + at, 4);
+            v = htobe32(v);
+            memcpy(out + at, &v, 4);
+            break;
+        }
+        default: {
+            uint64_t v;
+            memcpy(&v, in + at, 8);
+            v = htobe64(v);
+            memcpy(out + at, &v, 8);
+            break;
+        }
+        }
+    }
+}
 
 void qcow2_header_encode(const struct qcow2_header *h, void *buf)
 {
-    uint8_t *p = buf;
-    memset(p, 0, QCOW2_HEADER_V3_LEN);
-    qcow2_put_be32(p + 0, h->magic);
-    qcow2_put_be32(p + 4, h->version);
-    qcow2_put_be64(p + 8, h->backing_file_offset);
-    qcow2_put_be32(p + 16, h->backing_file_size);
-    qcow2_put_be32(p + 20, h->cluster_bits);
-    qcow2_put_be64(p + 24, h->size);
-    qcow2_put_be32(p + 32, h->crypt_method);
-    qcow2_put_be32(p + 36, h->l1_size);
-    qcow2_put_be64(p + 40, h->l1_table_offset);
-    qcow2_put_be64(p + 48, h->refcount_table_offset);
-    qcow2_put_be32(p + 56, h->refcount_table_clusters);
-    qcow2_put_be32(p + 60, h->nb_snapshots);
-    qcow2_put_be64(p + 64, h->snapshots_offset);
-    qcow2_put_be64(p + 72, h->incompatible_features);
-    qcow2_put_be64(p + 80, h->compatible_features);
-    qcow2_put_be64(p + 88, h->autoclear_features);
-    qcow2_put_be32(p + 96, h->refcount_order);
-    qcow2_put_be32(p + 100, h->header_length);
-    p[104] = h->compression_type;
+    memset(buf, 0, QCOW2_HEADER_V3_LEN);
+    swap_fields((const uint8_t *)h, buf, 0, QCOW2_HEADER_V3_LEN);
 }
 
 int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, const char **why)
@@ -37,23 +83,11 @@ int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, con
         *why = "file too short for a qcow2 header";
         return -EINVAL;
     }
-    h->magic = qcow2_be32(p + 0);
+    swap_fields(p, (uint8_t *)h, 0, QCOW2_HEADER_V2_LEN);
     if (h->magic != QCOW2_MAGIC) {
         *why = "not a qcow2 image (bad magic)";
         return -EINVAL;
     }
-    h->version = qcow2_be32(p + 4);
-    h->backing_file_offset = qcow2_be64(p + 8);
-    h->backing_file_size = qcow2_be32(p + 16);
-    h->cluster_bits = qcow2_be32(p + 20);
-    h->size = qcow2_be64(p + 24);
-    h->crypt_method = qcow2_be32(p + 32);
-    h->l1_size = qcow2_be32(p + 36);
-    h->l1_table_offset = qcow2_be64(p + 40);
-    h->refcount_table_offset = qcow2_be64(p + 48);
-    h->refcount_table_clusters = qcow2_be32(p + 56);
-    h->nb_snapshots = qcow2_be32(p + 60);
-    h->snapshots_offset = qcow2_be64(p + 64);
     if (h->version == 2) {
         h->refcount_order = 4;
         h->header_length = QCOW2_HEADER_V2_LEN;
@@ -62,17 +96,13 @@ int qcow2_header_decode(const void *buf, size_t len, struct qcow2_header *h, con
             *why = "file too short for a version 3 header";
             return -EINVAL;
         }
-        h->incompatible_features = qcow2_be64(p + 72);
-        h->compatible_features = qcow2_be64(p + 80);
-        h->autoclear_features = qcow2_be64(p + 88);
-        h->refcount_order = qcow2_be32(p + 96);
-        h->header_length = qcow2_be32(p + 100);
+        swap_fields(p, (uint8_t *)h, QCOW2_HEADER_V2_LEN, 104);
         if (h->header_length < 104 || h->header_length % 8 != 0) {
             *why = "bad header length";
             return -EINVAL;
         }
         if (h->header_length > 104 && len >= 105)
-            h->compression_type = p[104];
+            swap_fields(p, (uint8_t *)h, 104, 105); /* the compression type */
     } else {
         *why = "unsupported qcow2 version";
         return -EINVAL;

@@ -189,6 +189,55 @@ static void test_header_v3(void)
     }
 }
 
+/* Every field with a value of its own, at the byte the spec gives it, and
+ * back again. */
+static void test_header_fields(void)
+{
+    struct qcow2_header h = {
+        .magic = QCOW2_MAGIC,
+        .version = 3,
+        .backing_file_offset = 0x0102030405060708ull,
+        .backing_file_size = 0x11121314,
+        .cluster_bits = 16,
+        .size = 0x2122232425262728ull,
+        .crypt_method = 0x31323334,
+        .l1_size = 0x41424344,
+        .l1_table_offset = 0x5152535455565758ull,
+        .refcount_table_offset = 0x6162636465666768ull,
+        .refcount_table_clusters = 0x71727374,
+        .nb_snapshots = 0x81828384,
+        .snapshots_offset = 0x9192939495969798ull,
+        .incompatible_features = QCOW2_INCOMPAT_COMPRESSION | 0xa000000000000000ull,
+        .compatible_features = 0xb1b2b3b4b5b6b7b8ull,
+        .autoclear_features = 0xc1c2c3c4c5c6c7c8ull,
+        .refcount_order = 6,
+        .header_length = QCOW2_HEADER_V3_LEN,
+        .compression_type = 1,
+    }, d;
+    uint8_t buf[QCOW2_HEADER_V3_LEN];
+    qcow2_header_encode(&h, buf);
+    CHECK(qcow2_be32(buf + 0) == QCOW2_MAGIC && qcow2_be32(buf + 4) == 3);
+    CHECK(qcow2_be64(buf + 8) == h.backing_file_offset);
+    CHECK(qcow2_be32(buf + 16) == h.backing_file_size);
+    CHECK(qcow2_be32(buf + 20) == 16);
+    CHECK(qcow2_be64(buf + 24) == h.size);
+    CHECK(qcow2_be32(buf + 32) == h.crypt_method);
+    CHECK(qcow2_be32(buf + 36) == h.l1_size);
+    CHECK(qcow2_be64(buf + 40) == h.l1_table_offset);
+    CHECK(qcow2_be64(buf + 48) == h.refcount_table_offset);
+    CHECK(qcow2_be32(buf + 56) == h.refcount_table_clusters);
+    CHECK(qcow2_be32(buf + 60) == h.nb_snapshots);
+    CHECK(qcow2_be64(buf + 64) == h.snapshots_offset);
+    CHECK(qcow2_be64(buf + 72) == h.incompatible_features);
+    CHECK(qcow2_be64(buf + 80) == h.compatible_features);
+    CHECK(qcow2_be64(buf + 88) == h.autoclear_features);
+    CHECK(qcow2_be32(buf + 96) == 6 && qcow2_be32(buf + 100) == QCOW2_HEADER_V3_LEN);
+    CHECK(buf[104] == 1);
+    const char *why;
+    CHECK(qcow2_header_decode(buf, sizeof(buf), &d, &why) == 0);
+    CHECK(memcmp(&d, &h, sizeof(h)) == 0);
+}
+
 static void test_header_v2(void)
 {
     /* A version 2 header as QEMU's compat=0.10 writes it: 72 bytes. */
@@ -266,6 +315,7 @@ int main(void)
     unit_init("test_qcow2");
     test_descriptors();
     test_header_v3();
+    test_header_fields();
     test_header_v2();
     test_header_rejects();
     return unit_done();
