@@ -153,8 +153,10 @@ int blk_create(struct blk *b, const char *path, bool direct, bool drop_pages, bo
     if (want_direct && !direct) {
         static atomic_int noticed;
         if (!atomic_exchange(&noticed, 1))
-            fprintf(stderr, "zcow: '%s': file system refuses O_DIRECT; writing through the "
-                            "page cache and dropping written pages\n", path);
+            fprintf(stderr,
+                    "zcow: '%s': file system refuses O_DIRECT; writing through the "
+                    "page cache and dropping written pages\n",
+                    path);
         drop_pages = true;
     }
     struct stat st;
@@ -236,8 +238,10 @@ int64_t blk_pread(struct blk *b, void *buf, size_t len, uint64_t off)
                 break;
             size_t back = done & ~(size_t)(BLK_ALIGN - 1);
             if (back <= done - (size_t)n && ++stuck > 3)
-                return zerr(EIO, "cannot read '%s' at offset %llu: short read before the end "
-                            "of the file", b->path, (unsigned long long)(off + done));
+                return zerr(EIO,
+                            "cannot read '%s' at offset %llu: short read before the end "
+                            "of the file",
+                            b->path, (unsigned long long)(off + done));
             if (back > done - (size_t)n)
                 stuck = 0;
             done = back;

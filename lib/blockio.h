@@ -17,10 +17,10 @@
 
 struct blk {
     int fd;
-    char *path;       /* the name the user knows the file by (for messages) */
-    char *temp_path;  /* set while an atomic file has its temporary name */
-    bool direct;      /* opened with O_DIRECT */
-    bool drop_pages;  /* drop written ranges from the page cache */
+    char *path;      /* the name the user knows the file by (for messages) */
+    char *temp_path; /* set while an atomic file has its temporary name */
+    bool direct;     /* opened with O_DIRECT */
+    bool drop_pages; /* drop written ranges from the page cache */
     bool is_blockdev;
 };
 
@@ -62,9 +62,9 @@ int blk_read(struct blk *b, void *buf, size_t len, uint64_t off);
  * thread-safe. */
 struct blk_range;
 struct blk_rmw {
-    pthread_mutex_t lock;      /* guards ranges */
-    pthread_cond_t cond;       /* a range left */
-    struct blk_range *ranges;  /* the aligned ranges being rewritten */
+    pthread_mutex_t lock;     /* guards ranges */
+    pthread_cond_t cond;      /* a range left */
+    struct blk_range *ranges; /* the aligned ranges being rewritten */
 };
 void blk_rmw_init(struct blk_rmw *m);
 void blk_rmw_destroy(struct blk_rmw *m);

@@ -31,11 +31,11 @@
 #include "error.h"
 
 struct cw_cluster {
-    uint64_t index;          /* host cluster index (offset >> cluster_bits) */
-    uint8_t *buf;            /* cluster_size bytes, aligned */
-    uint32_t end;            /* bytes handed out so far (all have arrived) */
-    bool final;              /* the allocator moved past: end will not grow */
-    unsigned flushing;       /* partial writes of a flush in progress */
+    uint64_t index;    /* host cluster index (offset >> cluster_bits) */
+    uint8_t *buf;      /* cluster_size bytes, aligned */
+    uint32_t end;      /* bytes handed out so far (all have arrived) */
+    bool final;        /* the allocator moved past: end will not grow */
+    unsigned flushing; /* partial writes of a flush in progress */
     struct cw_cluster *hash_next;
     struct cw_cluster *run_next; /* the next cluster of its run */
 };
@@ -50,8 +50,8 @@ struct cw_run {
 #define CW_MAX_RUNS 3
 
 struct cwcache {
-    pthread_mutex_t *lock;   /* the image's allocator lock */
-    pthread_cond_t cond;     /* a cluster left the cache, or a flush ended */
+    pthread_mutex_t *lock; /* the image's allocator lock */
+    pthread_cond_t cond;   /* a cluster left the cache, or a flush ended */
     struct blk *file;
     unsigned cluster_bits;
     uint32_t cluster_size;
@@ -60,10 +60,10 @@ struct cwcache {
     struct cw_cluster *open; /* the one receiving appends, or NULL */
     struct cw_run run;       /* finished, contiguous, not yet handed out */
     struct cw_cluster *run_last;
-    unsigned run_max;        /* clusters per run */
+    unsigned run_max; /* clusters per run */
     struct cw_cluster **hash;
-    unsigned hash_size;      /* power of two */
-    uint8_t **free_bufs;     /* recycled cluster buffers */
+    unsigned hash_size;  /* power of two */
+    uint8_t **free_bufs; /* recycled cluster buffers */
     unsigned n_free;
     struct zerr_first error; /* the sticky I/O error, with its message */
 };

@@ -72,17 +72,44 @@ static_assert(sizeof(struct qcow2_header) == QCOW2_HEADER_V3_LEN, "qcow2 header 
 #define QCOW2_OFLAG_COPIED (1ull << 63)
 #define QCOW2_OFLAG_COMPRESSED (1ull << 62)
 #define QCOW2_OFLAG_ZERO 1ull
-#define QCOW2_OFFSET_MASK 0x00fffffffffffe00ull     /* bits 9..55 */
+#define QCOW2_OFFSET_MASK 0x00fffffffffffe00ull /* bits 9..55 */
 #define QCOW2_L1E_RESERVED 0x7f000000000001ffull
 #define QCOW2_L2E_RESERVED 0x3f000000000001feull
 
 /* Byte order. */
-static inline uint64_t qcow2_be64(const void *p) { uint64_t v; __builtin_memcpy(&v, p, 8); return be64toh(v); }
-static inline uint32_t qcow2_be32(const void *p) { uint32_t v; __builtin_memcpy(&v, p, 4); return be32toh(v); }
-static inline uint16_t qcow2_be16(const void *p) { uint16_t v; __builtin_memcpy(&v, p, 2); return be16toh(v); }
-static inline void qcow2_put_be64(void *p, uint64_t v) { v = htobe64(v); __builtin_memcpy(p, &v, 8); }
-static inline void qcow2_put_be32(void *p, uint32_t v) { v = htobe32(v); __builtin_memcpy(p, &v, 4); }
-static inline void qcow2_put_be16(void *p, uint16_t v) { v = htobe16(v); __builtin_memcpy(p, &v, 2); }
+static inline uint64_t qcow2_be64(const void *p)
+{
+    uint64_t v;
+    __builtin_memcpy(&v, p, 8);
+    return be64toh(v);
+}
+static inline uint32_t qcow2_be32(const void *p)
+{
+    uint32_t v;
+    __builtin_memcpy(&v, p, 4);
+    return be32toh(v);
+}
+static inline uint16_t qcow2_be16(const void *p)
+{
+    uint16_t v;
+    __builtin_memcpy(&v, p, 2);
+    return be16toh(v);
+}
+static inline void qcow2_put_be64(void *p, uint64_t v)
+{
+    v = htobe64(v);
+    __builtin_memcpy(p, &v, 8);
+}
+static inline void qcow2_put_be32(void *p, uint32_t v)
+{
+    v = htobe32(v);
+    __builtin_memcpy(p, &v, 4);
+}
+static inline void qcow2_put_be16(void *p, uint16_t v)
+{
+    v = htobe16(v);
+    __builtin_memcpy(p, &v, 2);
+}
 
 /* Compressed cluster descriptor: bit 62 set, bit 63 clear; with
  * x = 62 - (cluster_bits - 8), the host byte offset is in bits 0..x-1 and

@@ -45,7 +45,7 @@ struct reader {
     char *path;
     struct blk blk;
     bool qcow2;
-    uint64_t size;          /* virtual size */
+    uint64_t size; /* virtual size */
     uint64_t file_size;
     dev_t dev;
     ino_t ino;
@@ -55,25 +55,25 @@ struct reader {
     unsigned cluster_bits;
     uint32_t cluster_size;
     bool ext_l2;
-    unsigned l2_bits;       /* log2 of entries per L2 table */
+    unsigned l2_bits; /* log2 of entries per L2 table */
     uint32_t l1_size;
-    uint64_t *l1;           /* host byte order */
-    char *backing_name;     /* as written in the header */
-    char *backing_path;     /* resolved against the image's directory */
-    char *backing_format;   /* from the extension, NULL if none */
+    uint64_t *l1;         /* host byte order */
+    char *backing_name;   /* as written in the header */
+    char *backing_path;   /* resolved against the image's directory */
+    char *backing_format; /* from the extension, NULL if none */
     struct reader *backing;
 
-    pthread_mutex_t lock;   /* guards l2 */
-    struct qcow2_cache l2;  /* read-only */
+    pthread_mutex_t lock;     /* guards l2 */
+    struct qcow2_cache l2;    /* read-only */
     atomic_ullong l2_lookups; /* table walks, for tests that count work */
 };
 
 /* One stretch of guest bytes inside one cluster that reads alike. */
 struct mapping {
-    int kind;          /* enum zcow_cluster_kind */
+    int kind; /* enum zcow_cluster_kind */
     uint64_t len;
-    uint64_t host;     /* NORMAL: host offset of the first byte */
-    uint64_t entry;    /* COMPRESSED: the descriptor */
+    uint64_t host;  /* NORMAL: host offset of the first byte */
+    uint64_t entry; /* COMPRESSED: the descriptor */
 };
 
 /* ---- L2 tables ---------------------------------------------------------- */
@@ -410,15 +410,9 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
             else
                 memset(p, 0, m.len);
             break;
-        case ZCOW_CLUSTER_ZERO:
-            memset(p, 0, m.len);
-            break;
-        case ZCOW_CLUSTER_NORMAL:
-            e = blk_read(&r->blk, p, m.len, m.host);
-            break;
-        case ZCOW_CLUSTER_COMPRESSED:
-            e = read_compressed_run(r, off, n, p, &m, &cluster);
-            break;
+        case ZCOW_CLUSTER_ZERO: memset(p, 0, m.len); break;
+        case ZCOW_CLUSTER_NORMAL: e = blk_read(&r->blk, p, m.len, m.host); break;
+        case ZCOW_CLUSTER_COMPRESSED: e = read_compressed_run(r, off, n, p, &m, &cluster); break;
         }
         if (e < 0)
             break;
@@ -642,7 +636,8 @@ int reader_get_info(struct reader *r, struct zcow_info *info)
         if ((e = check_table(r, off, r->cluster_size, "l2 table")) < 0 ||
             (e = blk_read(&r->blk, table, r->cluster_size, off)) < 0)
             break;
-        uint64_t n = clusters - l1i * per_table < per_table ? clusters - l1i * per_table : per_table;
+        uint64_t n =
+            clusters - l1i * per_table < per_table ? clusters - l1i * per_table : per_table;
         for (uint64_t i = 0; i < n; i++) {
             uint64_t entry, bitmap;
             qcow2_l2_get(table, r->ext_l2, i, &entry, &bitmap);
@@ -692,7 +687,7 @@ void reader_close(struct reader *r)
 
 /* What the open of one image of a chain knows about the ones above it. */
 struct chain {
-    const char *what;  /* prefix of every message: "cannot open 'x'" */
+    const char *what; /* prefix of every message: "cannot open 'x'" */
     int depth;
     dev_t dev[MAX_CHAIN_DEPTH + 1];
     ino_t ino[MAX_CHAIN_DEPTH + 1];
@@ -830,16 +825,14 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
 
     if (h->backing_file_offset && h->backing_file_size) {
         if (h->backing_file_size > MAX_BACKING_NAME) {
-            e = fail(c, EINVAL, "backing file name of %u bytes is too long",
-                     h->backing_file_size);
+            e = fail(c, EINVAL, "backing file name of %u bytes is too long", h->backing_file_size);
             goto out;
         }
         if (h->backing_file_offset + h->backing_file_size > hlen) {
             e = fail(c, EINVAL, "backing file name reaches past the header cluster");
             goto out;
         }
-        r->backing_name = strndup((const char *)hdr + h->backing_file_offset,
-                                  h->backing_file_size);
+        r->backing_name = strndup((const char *)hdr + h->backing_file_offset, h->backing_file_size);
         if (!r->backing_name) {
             e = zerr(ENOMEM, "out of memory");
             goto out;
@@ -915,8 +908,8 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
             e = fail(c, ENOTSUP, "backing format '%s' is not supported", fmt);
             goto out;
         }
-        if (asprintf(&what, "cannot open backing file '%s' of '%s'", r->backing_path,
-                     r->path) < 0) {
+        if (asprintf(&what, "cannot open backing file '%s' of '%s'", r->backing_path, r->path) <
+            0) {
             what = NULL;
             e = zerr(ENOMEM, "out of memory");
             goto out;

@@ -59,13 +59,13 @@ struct sim {
     struct blk file;
     unsigned cb;
     uint32_t cs;
-    uint64_t base;       /* first byte handed out (a cluster start) */
-    uint64_t target;     /* stop handing out bytes from here */
+    uint64_t base;   /* first byte handed out (a cluster start) */
+    uint64_t target; /* stop handing out bytes from here */
     /* Guarded by lock: */
-    uint64_t next;       /* the next byte the allocator hands out */
-    uint32_t *used;      /* per cluster: bytes handed out (a prefix) */
+    uint64_t next;  /* the next byte the allocator hands out */
+    uint32_t *used; /* per cluster: bytes handed out (a prefix) */
     uint64_t n_used;
-    unsigned max_seen;   /* the most clusters ever cached */
+    unsigned max_seen; /* the most clusters ever cached */
     long appends, abandons, flushes, cached_reads, disk_reads;
     int seed_stream;
 };
@@ -118,8 +118,8 @@ static void read_back(struct sim *s, uint64_t *rs, uint8_t *tmp)
     if (n > 0) {
         uint32_t at = (uint32_t)(o & (s->cs - 1));
         uint32_t want_n = s->cs - at < len ? s->cs - at : len;
-        CHECKF(n == want_n, "read_cached at %llu len %u: %u bytes, want %u",
-               (unsigned long long)o, len, n, want_n);
+        CHECKF(n == want_n, "read_cached at %llu len %u: %u bytes, want %u", (unsigned long long)o,
+               len, n, want_n);
         for (uint32_t i = 0; i < n; i++)
             if (tmp[i] != expected(s, o + i)) {
                 CHECKF(0, "cached byte at %llu is %#x, want %#x", (unsigned long long)(o + i),
@@ -162,8 +162,8 @@ static void check_run(const struct cwcache *c, const struct cw_run *run)
     for (unsigned i = 0; i < run->n && cl; i++, cl = cl->run_next) {
         CHECK(cl->final);
         CHECKF(i + 1 == run->n || cl->end == c->cluster_size,
-               "cluster %u of a run of %u holds %u bytes: a write would carry its unused tail",
-               i, run->n, cl->end);
+               "cluster %u of a run of %u holds %u bytes: a write would carry its unused tail", i,
+               run->n, cl->end);
         if (i + 1 < run->n)
             CHECKF(cl->run_next && cl->run_next->index == cl->index + 1,
                    "run not contiguous after cluster %llu", (unsigned long long)cl->index);
@@ -197,7 +197,7 @@ static void *sim_thread(void *arg)
         /* Mostly small chunks, as compressed clusters are; sometimes up to
          * a whole cluster less one byte. */
         uint32_t len = unit_rand(&rs) % 4 ? (uint32_t)unit_range(&rs, 1, s->cs / 8 + 1)
-                                           : (uint32_t)unit_range(&rs, 1, s->cs - 1);
+                                          : (uint32_t)unit_range(&rs, 1, s->cs - 1);
 
         pthread_mutex_lock(&s->lock);
         cw_wait_for_room(&s->c);
@@ -290,8 +290,8 @@ static void verify_file(const struct sim *s, const char *path)
     close(fd);
 }
 
-static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads,
-                    uint64_t bytes, int stream)
+static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads, uint64_t bytes,
+                    int stream)
 {
     struct sim *s = calloc(1, sizeof(*s));
     char path[4200];
@@ -346,9 +346,8 @@ static void run_sim(unsigned cb, unsigned max_clusters, bool direct, int threads
     printf("  cluster %u KiB, bound %u, runs of %u, %s, %d threads: %.1f MiB in %ld appends "
            "(%ld abandoned tails), %ld flushes, %ld cached + %ld disk reads, "
            "at most %u cached, %.2f s\n",
-           s->cs >> 10, s->c.max_clusters, s->c.run_max,
-           s->file.direct ? "O_DIRECT" : "page cache", threads,
-           (double)(s->next - s->base) / (1 << 20), s->appends, s->abandons, s->flushes,
+           s->cs >> 10, s->c.max_clusters, s->c.run_max, s->file.direct ? "O_DIRECT" : "page cache",
+           threads, (double)(s->next - s->base) / (1 << 20), s->appends, s->abandons, s->flushes,
            s->cached_reads, s->disk_reads, s->max_seen, unit_now() - t0);
     fflush(stdout);
     cw_free(&s->c);
@@ -491,7 +490,7 @@ static void test_sequential(void)
     CHECK(cw_read_cached(&c, base + 500, rd, 1000) == 1000);
     CHECK(memcmp(rd, buf + 500, 500) == 0);
     CHECKF(rd[500] == 0 && rd[999] == 0, "bytes not handed out must read as zero");
-    CHECK(cw_read_cached(&c, base + cs, rd, 10) == 0);     /* next cluster: not cached */
+    CHECK(cw_read_cached(&c, base + cs, rd, 10) == 0); /* next cluster: not cached */
     CHECK(cw_read_cached(&c, base - 1, rd, 10) == 0);
     CHECK(cw_read_cached(&c, base + cs - 5, rd, 100) == 5); /* stops at the cluster end */
     pthread_mutex_unlock(&lock);
@@ -587,8 +586,8 @@ static void test_runs(void)
         return;
     }
     CHECK(cw_init(&c, &lock, &file, cb, 1) == 0);
-    CHECKF(c.run_max > 1 && c.max_clusters >= c.run_max + 2, "bound %u, runs of %u",
-           c.max_clusters, c.run_max);
+    CHECKF(c.run_max > 1 && c.max_clusters >= c.run_max + 2, "bound %u, runs of %u", c.max_clusters,
+           c.run_max);
     uint32_t total = 10 * cs + 123;
     uint8_t *buf = malloc(total);
     uint64_t base = 3ull << cb;
@@ -604,7 +603,8 @@ static void test_runs(void)
     CHECKF(ready.n == 0, "%u runs handed out before the run could grow no more", ready.n);
     /* Gathered but not handed out: still served from the cache. */
     uint8_t rd[64];
-    CHECK(cw_read_cached(&c, base + 5 * cs + 7, rd, 64) == 64 && memcmp(rd, buf + 5 * cs + 7, 64) == 0);
+    CHECK(cw_read_cached(&c, base + 5 * cs + 7, rd, 64) == 64 &&
+          memcmp(rd, buf + 5 * cs + 7, 64) == 0);
     cw_close_open(&c, &ready);
     pthread_mutex_unlock(&lock);
     CHECKF(ready.n == 1 && ready.runs[0].n == 11, "%u runs, the first of %u clusters", ready.n,
@@ -784,8 +784,8 @@ static int child_fault(const char *path)
     CHECKF(n >= 4, "60 clusters of 64 KiB in %d runs", n);
     if (n < 4 || n > 63)
         return unit_done();
-    CHECKF(results[0] == 0 && results[1] == 0, "writes before the fault failed: %d %d",
-           results[0], results[1]);
+    CHECKF(results[0] == 0 && results[1] == 0, "writes before the fault failed: %d %d", results[0],
+           results[1]);
     CHECKF(results[2] == -EIO, "the injected fault was not returned: %d", results[2]);
     for (int i = 3; i < n; i++)
         CHECKF(results[i] == -EIO, "write %d after the fault returned %d", i + 1, results[i]);

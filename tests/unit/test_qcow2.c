@@ -67,9 +67,11 @@ static void test_descriptors(void)
 
         /* Offsets: sector boundaries, mid-sector, the last byte of a sector,
          * the start of a host cluster, and the largest the field holds. */
+        /* clang-format off */
         uint64_t offs[] = { cs,          cs + 1,          cs + 511,        cs + 512,
                             cs + 1000,   5 * cs - 1,      7 * cs + 300,    (1ull << 40) + 77,
                             max_off - cs, max_off - 511,  max_off - 512,   max_off };
+        /* clang-format on */
         /* Every length 1..cs-1 for the small sizes, a sample plus every
          * boundary around sector multiples for the large ones. */
         for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {

@@ -34,16 +34,16 @@ struct builder {
     int fd;
     unsigned cb;
     uint64_t cs;
-    bool ext;         /* extended L2 entries */
-    int ctype;        /* compression type */
-    uint64_t size;    /* virtual */
+    bool ext;      /* extended L2 entries */
+    int ctype;     /* compression type */
+    uint64_t size; /* virtual */
     uint64_t l1_off;
     uint32_t l1_size;
-    uint64_t *l1;     /* host order */
-    uint64_t next;    /* next free host cluster */
-    uint64_t cbyte;   /* next byte for packed compressed data; 0 = none */
-    uint64_t cend;    /* end of the clusters that hold it */
-    uint8_t *model;   /* expected guest contents */
+    uint64_t *l1;   /* host order */
+    uint64_t next;  /* next free host cluster */
+    uint64_t cbyte; /* next byte for packed compressed data; 0 = none */
+    uint64_t cend;  /* end of the clusters that hold it */
+    uint8_t *model; /* expected guest contents */
 };
 
 static void bwrite(struct builder *b, const void *p, size_t len, uint64_t off)
@@ -124,8 +124,8 @@ static size_t b_compressed(struct builder *b, uint64_t guest, const uint8_t *dat
 {
     b_l2(b, guest);
     uint8_t *c = malloc(b->cs);
-    int n = codec_compress(b->ctype, codec_resolve_level(b->ctype, ZCOW_LEVEL_DEFAULT), data,
-                           b->cs, c, b->cs - 1);
+    int n = codec_compress(b->ctype, codec_resolve_level(b->ctype, ZCOW_LEVEL_DEFAULT), data, b->cs,
+                           c, b->cs - 1);
     if (n <= 0) {
         fprintf(stderr, "test data does not compress\n");
         exit(1);
@@ -151,8 +151,8 @@ static size_t b_compressed(struct builder *b, uint64_t guest, const uint8_t *dat
 struct finish {
     const char *backing;
     const char *backing_format;
-    uint64_t incompat;      /* extra incompatible bits */
-    int version;            /* 0 = 3 */
+    uint64_t incompat; /* extra incompatible bits */
+    int version;       /* 0 = 3 */
 };
 
 static void b_finish(struct builder *b, const struct finish *f)
@@ -252,8 +252,7 @@ static void test_kinds(unsigned cb, int ctype, bool ext, int version, bool direc
     for (uint64_t c = 0; c * cs < size; c++) {
         uint64_t g = c * cs;
         switch (c % 5) {
-        case 0: /* unallocated */
-            break;
+        case 0: /* unallocated */ break;
         case 1:
             unit_fill_random(&st, data, cs);
             b_normal(&b, g, data);

@@ -26,7 +26,7 @@ static void fill(uint8_t *buf, uint32_t cs, uint64_t *rs)
 {
     unit_fill_random(rs, buf, cs);
     for (uint32_t i = 0; i < cs; i++)
-        buf[cs + i] = (uint8_t)"the quick brown fox "[i % 20];
+        buf[cs + i] = (uint8_t) "the quick brown fox "[i % 20];
     memset(buf + 2 * cs, 0, cs);
     unit_fill_random(rs, buf + 3 * cs, 3 * cs);
     memset(buf + 6 * cs, 1, cs);
@@ -121,7 +121,8 @@ static void test_backing_zero(void)
     /* Cluster 0 is zero; cluster 1 comes from the backing file. */
     snprintf(cmd, sizeof(cmd),
              "qemu-io -f qcow2 -c 'read -P 0 0 64k' -c 'read -P 0x5a 64k 64k' '%s' "
-             "| grep -q 'Pattern verification failed' && exit 1 || exit 0", top);
+             "| grep -q 'Pattern verification failed' && exit 1 || exit 0",
+             top);
     CHECKF(system(cmd) == 0, "zero cluster over a backing file reads wrong");
     free(zero);
 }
@@ -142,10 +143,10 @@ static void test_refcount_block_boundary(void)
     uint8_t *data = malloc(size);
     uint64_t rs = unit_stream(40);
     for (size_t i = 0; i < mib; i++)
-        data[i] = (uint8_t)"refcount block boundary "[i % 24];
+        data[i] = (uint8_t) "refcount block boundary "[i % 24];
     unit_fill_random(&rs, data + mib, 9 * mib);
     for (size_t i = 10 * mib; i < 11 * mib; i++)
-        data[i] = (uint8_t)"and past it "[i % 12];
+        data[i] = (uint8_t) "and past it "[i % 12];
     memset(data + 11 * mib, 0, mib);
     FILE *f = fopen(raw, "wb");
     CHECK(f && fwrite(data, 1, size, f) == size);
