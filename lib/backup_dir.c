@@ -241,12 +241,16 @@ out:
     return 0;
 }
 
+/* Make PATH durable, and leave none of it in the page cache: a backup
+ * leaves no pages behind, its manifest's neither. */
 static int fsync_path(const char *path)
 {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
     int r = fsync(fd) < 0 ? -errno : 0;
+    if (r == 0)
+        posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     close(fd);
     return r;
 }
