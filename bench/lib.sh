@@ -3,7 +3,9 @@
 # Sourced, not run.  Uses: RUNS, RAW (TSV of every run), LOGDIR, DROP_OK.
 #
 # RAW columns (tab separated):
-#   key run wall user sys rss_kib out_bytes src_pages out_pages rc
+#   key run wall user sys rss_kib out_bytes src_pages out_pages rc wall_fine
+# wall: /usr/bin/time's (10 ms steps); wall_fine: the same run timed by the
+# shell around /usr/bin/time (0.1 ms steps, ~1 ms of fork and exec more).
 
 log()  { echo "== $*" >&2; }
 warn() { echo "!! $*" >&2; }
@@ -33,60 +35,83 @@ pages() {
 # fsize FILE: bytes of FILE ("-" if missing)
 fsize() { stat -c %s "$1" 2>/dev/null || echo "-"; }
 
-# measure KEY SRC OUT LIMIT CMD...
-#   Runs CMD RUNS times. Before each run: OUT deleted, caches dropped.
-#   Measured as a whole process with /usr/bin/time; after each run the
-#   size of OUT and the page-cache pages of SRC and OUT are recorded.
-#   SRC / OUT may be "-" (none). LIMIT: seconds before `timeout` kills the
-#   run (0 = none); a run that hits it is recorded as rc 124 and no further
-#   runs of KEY are made (a slow cell is measured once, as simplebench does).
-#   Returns 0 if at least one run succeeded.
-measure() {
-    local key=$1 src=$2 out=$3 limit=$4; shift 4
-    local r tf lf rc wall user sys rss ok=1
+# forget KEY: drop earlier runs of KEY from RAW (a rerun in the same RAW)
+forget() {
+    if [ -s "$RAW" ]; then
+        awk -F'\t' -v k="$1" '$1 != k' "$RAW" > "$RAW.tmp" && mv "$RAW.tmp" "$RAW"
+    fi
+}
+
+# measure_once KEY RUN SRC OUT LIMIT CMD...
+#   One run of CMD: OUT deleted, caches dropped (unless NO_DROP=1), CMD timed as a whole
+#   process with /usr/bin/time (LIMIT: seconds before `timeout` kills it,
+#   0 = none), a row appended to RAW.  Sets M_RC (CMD's exit status, 124 =
+#   timed out), M_WALL, M_USER, M_SYS, M_RSS.
+measure_once() {
+    local key=$1 r=$2 src=$3 out=$4 limit=$5; shift 5
+    local tf lf t0 t1
     local -a pre=()
     [ "$limit" != 0 ] && pre=(timeout "$limit")
     LIMIT_OF[$key]=$limit
-    # forget earlier runs of KEY (a rerun of the script in the same RAW)
-    if [ -s "$RAW" ]; then
-        awk -F'\t' -v k="$key" '$1 != k' "$RAW" > "$RAW.tmp" && mv "$RAW.tmp" "$RAW"
+    [ "$out" != - ] && rm -f "$out"
+    if [ "${NO_DROP:-0}" = 1 ]; then sync; else drop_caches; fi
+    tf=$LOGDIR/time.$$
+    lf=$LOGDIR/$(echo "$key" | tr -c 'A-Za-z0-9._=-' '_').$r.log
+    echo "+ $*" > "$lf"
+    t0=$EPOCHREALTIME
+    /usr/bin/time -f '%e %U %S %M' -o "$tf" "${pre[@]}" "$@" >>"$lf" 2>&1
+    M_RC=$?
+    t1=$EPOCHREALTIME
+    read -r M_WALL M_USER M_SYS M_RSS < <(tail -n 1 "$tf")
+    rm -f "$tf"
+    # /usr/bin/time prefixes "Command exited with non-zero status N"
+    case "$M_WALL" in ''|*[!0-9.]*) M_WALL=0; M_USER=0; M_SYS=0; M_RSS=0 ;; esac
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$r" "$M_WALL" "$M_USER" "$M_SYS" "$M_RSS" \
+        "$( [ "$out" != - ] && fsize "$out" || echo -)" \
+        "$( [ "$src" != - ] && pages "$src" || echo -)" \
+        "$( [ "$out" != - ] && pages "$out" || echo -)" "$M_RC" \
+        "$(awk -v a="$t0" -v b="$t1" 'BEGIN{printf "%.4f", b - a}')" >> "$RAW"
+    if [ "$M_RC" = 124 ] && [ "$limit" != 0 ]; then
+        echo "   $key: run $r > ${limit} s (timed out)" >&2
+    elif [ "$M_RC" != 0 ]; then
+        warn "$key: run $r failed (exit $M_RC): $(tail -n 3 "$lf" | tr '\n' ' ')"
+    else
+        echo "   $key: run $r: ${M_WALL} s, cpu $(awk -v a="$M_USER" -v b="$M_SYS" 'BEGIN{print a+b}') s, rss ${M_RSS} KiB" >&2
     fi
+    return "$M_RC"
+}
+
+# measure KEY SRC OUT LIMIT CMD...
+#   Runs CMD RUNS times with measure_once: before each run OUT is deleted
+#   and the caches dropped; after it the size of OUT and the page-cache
+#   pages of SRC and OUT are recorded.  SRC / OUT may be "-" (none).  A run
+#   that hits LIMIT is recorded as rc 124 and no further runs of KEY are
+#   made (a slow cell is measured once, as simplebench does); so is a run
+#   longer than SLOW s when SLOW is set.
+#   Returns 0 if at least one run succeeded.
+measure() {
+    local key=$1 src=$2 out=$3 limit=$4; shift 4
+    local r ok=1
+    forget "$key"
     for r in $(seq 1 "$RUNS"); do
-        [ "$out" != - ] && rm -f "$out"
-        drop_caches
-        tf=$LOGDIR/time.$$
-        lf=$LOGDIR/$(echo "$key" | tr -c 'A-Za-z0-9._=-' '_').$r.log
-        echo "+ $*" > "$lf"
-        /usr/bin/time -f '%e %U %S %M' -o "$tf" "${pre[@]}" "$@" >>"$lf" 2>&1
-        rc=$?
-        read -r wall user sys rss < <(tail -n 1 "$tf")
-        # /usr/bin/time prefixes "Command exited with non-zero status N"
-        case "$wall" in ''|*[!0-9.]*) wall=0; user=0; sys=0; rss=0 ;; esac
-        printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$r" "$wall" "$user" "$sys" "$rss" \
-            "$( [ "$out" != - ] && fsize "$out" || echo -)" \
-            "$( [ "$src" != - ] && pages "$src" || echo -)" \
-            "$( [ "$out" != - ] && pages "$out" || echo -)" "$rc" >> "$RAW"
-        if [ "$rc" = 124 ] && [ "$limit" != 0 ]; then
-            echo "   $key: run $r > ${limit} s (timed out), not repeated" >&2
+        measure_once "$key" "$r" "$src" "$out" "$limit" "$@"
+        if [ "$M_RC" = 124 ] && [ "$limit" != 0 ]; then
+            echo "   $key: not repeated" >&2
             break
-        elif [ "$rc" = 0 ] && [ "${SLOW:-0}" != 0 ] && [ "$r" -lt "$RUNS" ] &&
-             awk -v w="$wall" -v s="$SLOW" 'BEGIN{exit !(w > s)}'; then
+        elif [ "$M_RC" = 0 ]; then
             ok=0
-            echo "   $key: run $r: ${wall} s > ${SLOW} s: slow, not repeated" >&2
-            break
-        elif [ "$rc" != 0 ]; then
-            warn "$key: run $r failed (exit $rc): $(tail -n 3 "$lf" | tr '\n' ' ')"
-        else
-            ok=0
-            echo "   $key: run $r: ${wall} s, cpu $(awk -v a="$user" -v b="$sys" 'BEGIN{print a+b}') s, rss ${rss} KiB" >&2
+            if [ "${SLOW:-0}" != 0 ] && [ "$r" -lt "$RUNS" ] &&
+                awk -v w="$M_WALL" -v s="$SLOW" 'BEGIN{exit !(w > s)}'; then
+                echo "   $key: run $r: ${M_WALL} s > ${SLOW} s: slow, not repeated" >&2
+                break
+            fi
         fi
     done
-    rm -f "$LOGDIR/time.$$"
     return $ok
 }
 
 # med KEY FIELD: median of FIELD over the successful runs of KEY.
-#   FIELD: wall user sys cpu rss out src_pages out_pages
+#   FIELD: wall user sys cpu rss out src_pages out_pages wall_fine
 #   Prints ">LIMIT" if KEY timed out, "FAIL" if no run succeeded, "" if KEY
 #   was never measured.
 med() {
@@ -101,6 +126,7 @@ med() {
             else if (f == "sys") v = $5; else if (f == "cpu") v = $4 + $5
             else if (f == "rss") v = $6; else if (f == "out") v = $7
             else if (f == "src_pages") v = $8; else if (f == "out_pages") v = $9
+            else if (f == "wall_fine") v = ($11 == "" ? "-" : $11)
             if (v == "-") { dash = 1; next }
             a[n++] = v + 0
         }
