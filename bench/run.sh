@@ -1,14 +1,15 @@
 #!/bin/bash
 # zcow benchmark: `make bench` runs this.  See bench/README.md.
 #
-#   bench/run.sh [--quick] [--runs N] [--tables A,B,C,D] [--workdir DIR]
+#   bench/run.sh [--quick] [--runs N] [--tables A,B,C,D,E] [--workdir DIR]
 #                [--zcow PATH] [--no-hdd] [--no-deps] [--no-chart]
 #                [--workloads W1,W2,W3] [--label NAME]
 #
 #   --quick        smoke test: 1 run, small inputs, no 8 GiB input (~5 min)
 #   --runs N       runs per figure (median), default 3 (quick: 1)
 #   --tables LIST  which tables: A (upstream comparison), B (zcow against
-#                  qemu-img), C (memory and scaling), D (restore); default all
+#                  qemu-img), C (memory and scaling), D (restore), E (restoring
+#                  a backup chain); default all
 #   --workdir DIR  inputs and outputs (default $ZCOW_BENCH_DIR or
 #                  /var/tmp/zcow-bench); inputs are reused when present
 #   --zcow PATH    the zcow binary (default build/zcow)
@@ -25,13 +26,14 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 . "$HERE/lib.sh"
 . "$HERE/hdd.sh"
+. "$HERE/chain.sh"
 . "$HERE/make-inputs.sh"
 
-QUICK=0 RUNS= TABLES=A,B,C,D HDD=1 DEPS=1 CHART=1 WLS=W1,W2,W3 LABEL=
+QUICK=0 RUNS= TABLES=A,B,C,D,E HDD=1 DEPS=1 CHART=1 WLS=W1,W2,W3 LABEL=
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
 ZCOW=${ZCOW:-$ROOT/build/zcow}
-usage() { sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -78,7 +80,8 @@ LOCAL_LIMIT=600          # no run on the local disk may take longer than this
 if [ $DEPS = 1 ]; then
     "$ROOT/scripts/install-deps.sh" --bench || warn "scripts/install-deps.sh --bench failed; going on with what is installed"
 fi
-for t in qemu-img fincore /usr/bin/time timeout numfmt mkfs.ext4; do
+for t in qemu-img fincore /usr/bin/time timeout numfmt mkfs.ext4 \
+         $(want E && echo qemu-io qemu-nbd python3 tar); do
     command -v "$t" >/dev/null || { echo "missing $t: run scripts/install-deps.sh --bench" >&2; exit 1; }
 done
 HAVE_ZCOW=1
@@ -106,7 +109,7 @@ rpt() { printf '%s\n' "$*" >> "$REPORT"; }
 
 cleanup() {
     hdd_down "$WORK/hdd" 2>/dev/null
-    rm -f "$WORK/out.qcow2" "$WORK/out.raw" "$WORK"/*.tmp
+    rm -f "$WORK/out.qcow2" "$WORK/out.raw" "$WORK"/*.tmp "$WORK/e-zcow.raw" "$WORK/e-zcow16.raw" "$WORK/e-qemu.raw" "$WORK/e-qemunone.raw"
 }
 trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
@@ -118,12 +121,16 @@ want A && [ $HDD = 1 ] && inputs+=("$HW1")
 want B && { wl W1 && inputs+=("$W1"); wl W2 && inputs+=("$W2"); wl W3 && inputs+=("$W3"); }
 want C && inputs+=("$CSMALL" "$CLARGE" "$W2")
 want D && inputs+=("$W2")
+want E && inputs+=("$W2")
 inputs=($(printf '%s\n' "${inputs[@]}" | awk '!s[$0]++'))
 
 # free space: the inputs still to make, plus the largest outputs at once
 # (W3's qcow2 or dd copy, W2's restore, W2's zcow image) and 1 GiB slack
 need=$(bash "$HERE/make-inputs.sh" --need "$WORK" "${inputs[@]}")
 need=$((need + 2 * $(bytes "${W3#*-}") + $(cost "$W2") * 2 + (1 << 30)))
+# Table E: the chain (a full backup, incrementals, the last point as raw)
+# and three restores at once
+want E && need=$((need + $(cost "$W2") * 5))
 avail=$(df -B1 --output=avail "$WORK" | tail -n 1 | tr -d ' ')
 if [ "$avail" -lt "$need" ]; then
     echo "too little free disk space in $WORK: need $(numfmt --to=iec "$need")B," \
@@ -375,9 +382,185 @@ if want D && [ $HAVE_ZCOW = 1 ]; then
     rm -f "$t.raw" "$t.qcow2" "$t.out"
 fi
 
+
+# ---------------------------------------------------------------- Table E
+# Restoring a backup chain (issue 13): W2's full backup and 10 incrementals
+# taken over NBD from a dirty bitmap (bench/chain.sh), and issue 13's
+# 16-deep chain as QEMU writes it.  The commands run side by side: each
+# round runs every row once (zcow first in odd rounds, qemu-img first in
+# even ones), RUNS rounds; the 16-deep rows E_D16_REPS times a round.
+# After each pair, zcow's output is compared with qemu-img's of the same
+# image and with what the image must read as (qemu-img compare: holes and
+# written zeros read alike).
+E_D16_REPS=3
+ECH=$WORK/chain-$W2      # the chains, one set per size of W2 (--quick has its own)
+E_CHECKS=() E_LOADS=() E_BAD=0 E_NCMP=0
+e_same() {   # e_same LABEL A B: qemu-img compare of two raw files
+    local out
+    E_NCMP=$((E_NCMP + 1))
+    if [ ! -e "$2" ] || [ ! -e "$3" ]; then
+        E_BAD=$((E_BAD + 1)); E_CHECKS+=("$1: missing output ($(basename "$2") or $(basename "$3"))"); return
+    fi
+    if ! out=$(qemu-img compare -f raw -F raw "$2" "$3" 2>&1); then
+        E_BAD=$((E_BAD + 1)); E_CHECKS+=("$1: DIFFERS: $(echo "$out" | head -n 2 | tr '\n' ' ')")
+    fi
+}
+E_label() {
+    case $1 in
+        top.zcow) echo "zcow \`convert -O raw inc$CHAIN_INCS.qcow2\` (1)" ;;
+        top.zcowj16) echo "zcow \`convert -O raw -j 16 inc$CHAIN_INCS.qcow2\` (16 reads in flight, not 4)" ;;
+        top.qemu) echo "qemu-img \`convert -O raw inc$CHAIN_INCS.qcow2\` (2)" ;;
+        top.qemunone) echo "qemu-img \`convert -O raw -T none -t none inc$CHAIN_INCS.qcow2\`" ;;
+        full.zcow) echo 'zcow `convert -O raw full.qcow2` (3)' ;;
+        full.qemu) echo 'qemu-img `convert -O raw full.qcow2`' ;;
+        d16.zcow) echo "zcow \`convert -O raw c$CHAIN_DEPTH.qcow2\`" ;;
+        d16.qemu) echo "qemu-img \`convert -O raw c$CHAIN_DEPTH.qcow2\`" ;;
+        d16w.zcow) echo "zcow \`convert -O raw c$CHAIN_DEPTH.qcow2\`, warm cache" ;;
+        d16w.qemu) echo "qemu-img \`convert -O raw c$CHAIN_DEPTH.qcow2\`, warm cache" ;;
+        d16w.zcowwb) echo "zcow \`convert -O raw -T writeback -t writeback c$CHAIN_DEPTH.qcow2\`, warm cache" ;;
+    esac
+}
+# e_run KEY RUN IMG OUT CMD...: one timed run; remembers the allocated bytes
+declare -A EALLOC
+e_run() {
+    local key=$1 r=$2 img=$3 out=$4; shift 4
+    measure_once "E.$key" "$r" "$img" "$out" "$LOCAL_LIMIT" "$@" &&
+        EALLOC[$key]=$(du -B1 "$out" | cut -f1)
+}
+tableE_measure() {
+    local r i order k EB=$ECH/backup EQ=$ECH/qemu16
+    local EZ=$WORK/e-zcow.raw EZ16=$WORK/e-zcow16.raw EQR=$WORK/e-qemu.raw EQN=$WORK/e-qemunone.raw
+    local top=$EB/inc$CHAIN_INCS.qcow2 truth=$EB/p$CHAIN_INCS.raw d16=$EQ/c$CHAIN_DEPTH.qcow2
+    for k in top.zcow top.zcowj16 top.qemu top.qemunone full.zcow full.qemu d16.zcow d16.qemu d16w.zcow d16w.qemu d16w.zcowwb; do forget "E.$k"; done
+    for r in $(seq 1 "$RUNS"); do
+        E_LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
+        log "Table E: round $r of $RUNS (load $(cut -d' ' -f1-3 /proc/loadavg))"
+        if [ $((r % 2)) = 1 ]; then order="zcow qemu"; else order="qemu zcow"; fi
+        for k in $order; do
+            case $k in
+                zcow) e_run top.zcow "$r" "$top" "$EZ" "$ZCOW" convert -O raw "$top" "$EZ"
+                      e_run top.zcowj16 "$r" "$top" "$EZ16" "$ZCOW" convert -O raw -j 16 "$top" "$EZ16" ;;
+                qemu) e_run top.qemu "$r" "$top" "$EQR" qemu-img convert -O raw "$top" "$EQR"
+                      e_run top.qemunone "$r" "$top" "$EQN" qemu-img convert -O raw -T none -t none "$top" "$EQN" ;;
+            esac
+        done
+        e_same "round $r: zcow restore of inc$CHAIN_INCS against qemu-img's" "$EZ" "$EQR"
+        e_same "round $r: zcow restore of inc$CHAIN_INCS against qemu-img -T none -t none's" "$EZ" "$EQN"
+        e_same "round $r: zcow restore of inc$CHAIN_INCS against the disk at that point" "$EZ" "$truth"
+        e_same "round $r: zcow -j 16 restore of inc$CHAIN_INCS against qemu-img's" "$EZ16" "$EQR"
+        rm -f "$EZ16"
+        [ "$r" = 1 ] && e_same "qemu-img restore of inc$CHAIN_INCS against the disk at that point" "$EQR" "$truth"
+        for k in $order; do
+            case $k in
+                zcow) e_run full.zcow "$r" "$EB/full.qcow2" "$EZ" "$ZCOW" convert -O raw "$EB/full.qcow2" "$EZ" ;;
+                qemu) e_run full.qemu "$r" "$EB/full.qcow2" "$EQR" qemu-img convert -O raw "$EB/full.qcow2" "$EQR" ;;
+            esac
+        done
+        e_same "round $r: zcow restore of full against qemu-img's" "$EZ" "$EQR"
+        e_same "round $r: zcow restore of full against $W2" "$EZ" "$(IN "$W2")"
+        for i in $(seq 1 $E_D16_REPS); do
+            for k in $order; do
+                case $k in
+                    zcow) e_run d16.zcow "$r.$i" "$d16" "$EZ" "$ZCOW" convert -O raw "$d16" "$EZ" ;;
+                    qemu) e_run d16.qemu "$r.$i" "$d16" "$EQR" qemu-img convert -O raw "$d16" "$EQR" ;;
+                esac
+            done
+            e_same "round $r.$i: zcow restore of c$CHAIN_DEPTH against qemu-img's" "$EZ" "$EQR"
+        done
+        # the same with the chain and both programs in the page cache (the
+        # runs above read them): what the chain walk itself costs
+        for i in $(seq 1 $E_D16_REPS); do
+            for k in $order; do
+                case $k in
+                    zcow) NO_DROP=1 e_run d16w.zcow "$r.$i" "$d16" "$EZ" "$ZCOW" convert -O raw "$d16" "$EZ" ;;
+                    qemu) NO_DROP=1 e_run d16w.qemu "$r.$i" "$d16" "$EQR" qemu-img convert -O raw "$d16" "$EQR" ;;
+                esac
+            done
+            e_same "round $r.$i: zcow restore of c$CHAIN_DEPTH (warm) against qemu-img's" "$EZ" "$EQR"
+            # zcow through the page cache, as qemu-img reads and writes
+            NO_DROP=1 e_run d16w.zcowwb "$r.$i" "$d16" "$EZ" "$ZCOW" convert -O raw -T writeback -t writeback "$d16" "$EZ"
+            e_same "round $r.$i: zcow -T writeback -t writeback restore of c$CHAIN_DEPTH (warm) against qemu-img's" "$EZ" "$EQR"
+        done
+    done
+    E_LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
+    rm -f "$EZ" "$EQR" "$EQN"
+}
+tableE_report() {
+    local k wl n lo hi
+    rpt ""
+    rpt "### Table E: restoring a backup chain (issue 13)"
+    rpt ""
+    rpt "Chain: \`zcow convert $W2.raw full.qcow2\`, then $CHAIN_INCS incrementals, each after qemu-io has rewritten" \
+        "${CHAIN_PCT}% of the disk (64 KiB clusters in runs of 1-16, random places over the full's data, seed $CHAIN_SEED," \
+        "data from a tar of $W2_TREE): \`qemu-nbd -r -B b0\` of the disk on a Unix socket," \
+        "\`zcow convert --bitmap b0 -B inc(k-1).qcow2 -F qcow2 nbd+unix://... inck.qcow2\`, bitmap cleared" \
+        "(bench/chain.sh; $(sed -n 2p "$ECH/chain.ok"))." \
+        "16-deep: issue 13's QEMU chain, c0 (1 GiB: 8 MiB at 0, 4 MiB at 512 MiB) and c1..c$CHAIN_DEPTH, each with 64 KiB at 3 MiB," \
+        "\`write -z\` of 128 KiB at 5 MiB and 192 KiB at 601 MiB."
+    rpt ""
+    while IFS= read -r k; do rpt "$k"; done < "$ECH/chain.info"
+    rpt ""
+    rpt "| command | runs | wall s | wall s, each run | CPU s | peak RSS MiB | out pages | allocated MiB | time ÷ zcow (1); 16-deep: ÷ zcow |"
+    rpt "|---|---|---|---|---|---|---|---|---|"
+    local ref
+    ref=$(med E.top.zcow wall_fine)
+    for k in top.zcow top.zcowj16 top.qemu top.qemunone full.zcow full.qemu d16.zcow d16.qemu d16w.zcow d16w.qemu d16w.zcowwb; do
+        wl=$(med E.$k wall_fine)
+        [ -n "$wl" ] || continue
+        case $k in d16.*) ref=$(med E.d16.zcow wall_fine) ;; d16w.*) ref=$(med E.d16w.zcow wall_fine) ;; esac
+        n=$(nruns E.$k)
+        rpt "| $(E_label $k) | $n | $(E_fmt "$wl") | $(E_each E.$k) | $(fmt_s "$(med E.$k cpu)") | $(fmt_mib "$(med E.$k rss)" 1024) |" \
+            "$(med E.$k out_pages) | $(fmt_mib "${EALLOC[$k]:-}" 1) | $(ratio "$wl" "$ref") |"
+    done
+    lo=$(printf '%s\n' "${E_LOADS[@]}" | sort -n | head -n 1); hi=$(printf '%s\n' "${E_LOADS[@]}" | sort -n | tail -n 1)
+    rpt ""
+    rpt "Wall: median of the runs, timed by the shell (0.1 ms steps; /usr/bin/time's 10 ms steps are too coarse for the" \
+        "16-deep chain); page cache dropped before each run but the warm-cache ones; the 16-deep rows ran $E_D16_REPS times a round" \
+        "each (cold, the program and the chain read from disk; warm, both in the page cache: the chain walk itself)." \
+        "CPU = user + sys; out pages: page-cache pages of the output left after the run (qemu-img's restore has not reached" \
+        "the disk when it exits); allocated: \`du\` of the sparse output."
+    rpt "Ratios: (1) ÷ (2) = $(ratio "$(med E.top.zcow wall_fine)" "$(med E.top.qemu wall_fine)") (CPU" \
+        "$(ratio "$(med E.top.zcow cpu)" "$(med E.top.qemu cpu)")); (1) ÷ (3) = $(ratio "$(med E.top.zcow wall_fine)" "$(med E.full.zcow wall_fine)")" \
+        "(CPU $(ratio "$(med E.top.zcow cpu)" "$(med E.full.zcow cpu)")); qemu-img's own chain ÷ full:" \
+        "$(ratio "$(med E.top.qemu wall_fine)" "$(med E.full.qemu wall_fine)"); 16-deep, zcow ÷ qemu-img:" \
+        "$(ratio "$(med E.d16.zcow wall_fine)" "$(med E.d16.qemu wall_fine)") (warm cache:" \
+        "$(ratio "$(med E.d16w.zcow wall_fine)" "$(med E.d16w.qemu wall_fine)"); through the page cache as qemu-img:" \
+        "$(ratio "$(med E.d16w.zcowwb wall_fine)" "$(med E.d16w.qemu wall_fine)"))."
+    rpt "Load average (1 min) at the start of each round and at the end: ${E_LOADS[*]} (min $lo, max $hi, on $(nproc) CPUs)."
+    rpt ""
+    if [ "$E_BAD" = 0 ]; then
+        rpt "Outputs: all $E_NCMP comparisons identical (every zcow restore against qemu-img's restore of the same image," \
+            "inc$CHAIN_INCS's also against the disk as it was, the full's against $W2; \`qemu-img compare -f raw -F raw\`)."
+    else
+        rpt "Outputs: $E_BAD of $E_NCMP comparisons FAILED:"
+        for k in "${E_CHECKS[@]}"; do rpt "- $k"; done
+    fi
+}
+# E_fmt S: seconds, 3 significant digits (4 decimals below 0.1 s)
+E_AWKFMT='function f(x) { return x >= 10 ? sprintf("%.1f", x) : x >= 0.1 ? sprintf("%.2f", x) : sprintf("%.4f", x) }'
+E_fmt() {
+    isnum "$1" || { echo "${1:-n/a}"; return; }
+    awk -v x="$1" "$E_AWKFMT"' BEGIN { print f(x) }'
+}
+# E_each KEY: every run's wall time, in run order
+E_each() {
+    awk -F'\t' -v k="$1" "$E_AWKFMT"' $1 == k && $10 == 0 { printf "%s%s", (n++ ? " " : ""), f($11) } END { print "" }' "$RAW"
+}
+
+if want E && [ $HAVE_ZCOW = 1 ]; then
+    log "Table E: backup chains in $ECH (bench/chain.sh)"
+    if chain_make "$ECH" "$(IN "$W2")" "$ZCOW"; then
+        tableE_measure
+        tableE_report
+    else
+        rpt ""
+        rpt "### Table E: skipped (the chains could not be made; see the log)"
+    fi
+fi
+
 # ---------------------------------------------------------------- targets
 rpt ""
-rpt "### Targets (issue 3), from this run"
+rpt "### Targets (issue 3; Table E: issue 13), from this run"
 rpt ""
 if want B && [ $HAVE_ZCOW = 1 ]; then
   if wl W1; then
@@ -415,6 +598,16 @@ fi
 if want D && [ -n "$(med D.zcow wall)" ]; then
     r=$(ratio "$(med D.qemu wall)" "$(med D.zcow wall)")
     verdict "$(chk le 4 "$r")" "restore: zcow $r× faster than qemu-img convert -O raw (target ≥ 4×)"
+fi
+if want E && [ -n "$(med E.top.zcow wall_fine)" ]; then
+    z=$(med E.top.zcow wall_fine); q=$(med E.top.qemu wall_fine); f=$(med E.full.zcow wall_fine)
+    verdict "$(chk le "$z" "$(mul "$q" 0.5)")" "chain: zcow restores inc$CHAIN_INCS in $(E_fmt "$z") s ≤ 1/2 of qemu-img's $(E_fmt "$q") s (ratio $(ratio "$z" "$q"))"
+    verdict "$(chk le "$z" "$(mul "$f" 1.2)")" "chain: zcow restores inc$CHAIN_INCS in $(E_fmt "$z") s ≤ 1.2 × the full alone $(E_fmt "$f") s (ratio $(ratio "$z" "$f"))"
+    z=$(med E.d16.zcow wall_fine); q=$(med E.d16.qemu wall_fine)
+    verdict "$(chk le "$z" "$q")" "chain: zcow restores the 16-deep QEMU chain in $(E_fmt "$z") s ≤ qemu-img's $(E_fmt "$q") s (ratio $(ratio "$z" "$q"))"
+    z=$(med E.d16w.zcow wall_fine); q=$(med E.d16w.qemu wall_fine)
+    verdict "$(chk le "$z" "$q")" "chain: the same with a warm page cache, $(E_fmt "$z") s ≤ qemu-img's $(E_fmt "$q") s (ratio $(ratio "$z" "$q"))"
+    verdict "$(chk [ "$E_BAD" = 0 ])" "chain: every zcow restore identical to qemu-img's ($((E_NCMP - E_BAD)) of $E_NCMP comparisons)"
 fi
 rpt ""
 rpt "$PASSES passed, $FAILS failed"
@@ -460,7 +653,7 @@ FINAL=$RESULTS/$STAMP.md
     echo "- load average at start: $LOAD0; at end: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine distorts the figures)"
     echo "- command: bench/run.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --tables $TABLES$( [ "$WLS" != W1,W2,W3 ] && echo " --workloads $WLS")$( [ $HDD = 0 ] && echo ' --no-hdd')"
     echo "- caches dropped before each run: $( [ "$DROP_OK" = 1 ] && echo yes || echo 'NO (not root?): warm-cache figures')"
-    echo "- inputs: W1 = $W1 of 0x01, W2 = $W2 raw ext4 made with mkfs.ext4 -d $W2_TREE, W3 = $W3 of random bytes; HDD: $HW1 of 0x01; C: $CSMALL, $CLARGE of 0x01"
+    echo "- inputs: W1 = $W1 of 0x01, W2 = $W2 raw ext4 made with mkfs.ext4 -d $W2_TREE, W3 = $W3 of random bytes; HDD: $HW1 of 0x01; C: $CSMALL, $CLARGE of 0x01$(want E && echo "; E: $W2's full backup + $CHAIN_INCS incrementals of ${CHAIN_PCT}% (bench/chain.sh), issue 13's 16-deep QEMU chain")"
     echo "- raw per-run figures: $(basename "$RAW")$( [ -n "$PNG" ] && echo "; chart: $(basename "$PNG")")"
     if want A; then
         echo ""
