@@ -30,7 +30,10 @@ uint64_t qcow2_refcount_get(const void *block, unsigned order, uint64_t i)
     switch (order) {
     case 0:
     case 1:
-    case 2: return (*sub_byte(block, order, i, &shift, &mask) & mask) >> shift;
+    case 2: {
+        uint8_t byte = *sub_byte(block, order, i, &shift, &mask); /* sets shift and mask */
+        return (byte & mask) >> shift;
+    }
     case 3: return b[i];
     case 4: return qcow2_be16(b + 2 * i);
     case 5: return qcow2_be32(b + 4 * i);
