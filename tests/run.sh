@@ -11,8 +11,8 @@
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
-#      cache and table cache tests, the 32-thread stress test and a
-#      conversion with -j 4;
+#      cache and table cache tests, the 32-thread stress test, the copy
+#      engine and pool tests and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -234,6 +234,9 @@ if has_stage c && built c-build; then
     if [ -x build-thread/tests/test_stress ]; then
         add c-test_stress "test_stress [tsan]" "$tsan_env" build-thread/tests/test_stress
     fi
+    # The copy engine and its pool: read-ahead, direct and copy modes.
+    add c-test_engine "test_engine [tsan]" "$tsan_env" build-thread/tests/test_engine
+    add c-test_pool "test_pool [tsan]" "$tsan_env" build-thread/tests/test_pool
     add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi
