@@ -15,6 +15,8 @@
 #include "dest.h"
 #include "engine.h"
 #include "error.h"
+#include "image.h"
+#include "reader.h"
 #include "options.h"
 #include "source.h"
 #include "zcow.h"
@@ -92,8 +94,10 @@ static int check_backing(struct zcow_convert_options *o, const char *dst_format)
         free(path);
         return e;
     }
+    /* O_DIRECT: checking the backing file leaves none of it in the page
+     * cache (an incremental backup leaves no pages of the chain). */
     zcow_image *img;
-    int r = zcow_open(path, fmt, 0, &img);
+    int r = zcow_open(path, fmt, 1, &img);
     if (r < 0) {
         char cause[400];
         snprintf(cause, sizeof(cause), "%s", zcow_get_error());
@@ -105,11 +109,8 @@ static int check_backing(struct zcow_convert_options *o, const char *dst_format)
         return r;
     }
     free(path);
-    if (!fmt) {
-        struct zcow_info info;
-        r = zcow_get_info(img, &info);
-        o->create.backing_format = r == 0 && !strcmp(info.format, "raw") ? "raw" : "qcow2";
-    }
+    if (!fmt) /* probed by the open; no need to walk its tables */
+        o->create.backing_format = reader_is_qcow2(img->r) ? "qcow2" : "raw";
     zcow_close(img);
     return r < 0 ? r : 0;
 }

@@ -109,6 +109,11 @@ write vdb "write -P 0x63 4k 4k"
 snap p2
 out=$("$ZCOW" backup --qmp "$qsock" "$A" 2>&1) || fail "incremental: $out"
 echo "$out" | grep -q "vda: incremental over point 1" && pass || fail "inc: said $out"
+# A backup leaves nothing of DIR in the page cache (before anything here
+# reads DIR through it).
+pages=$(find "$A" -type f -exec fincore -n -o PAGES {} + | awk '{s += $1} END {print s + 0}')
+[ "$pages" = 0 ] && pass ||
+    fail "$pages pages of DIR in the page cache: $(find "$A" -type f -exec fincore {} + | tr '\n' ' ')"
 expect_point "$A" vda 2 p2
 expect_point "$A" vdb 2 p2
 expect_point "$A" vda 1 p1
