@@ -149,7 +149,7 @@ run_queue() {
     queue=()
 }
 
-interop_tests() { ls tests/interop/*.sh | grep -v '/functions\.sh$'; }
+interop_tests() { ls tests/interop/*.sh | grep -v 'functions\.sh$'; }
 build_tests() { ls tests/abi/*.sh tests/package/*.sh 2>/dev/null; }
 # The unit test programs (not their .d files, nor other files there).
 unit_tests() { find "$1/tests" -maxdepth 1 -name 'test_*' -type f -perm -u+x 2>/dev/null | sort; }
