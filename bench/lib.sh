@@ -6,6 +6,8 @@
 #   key run wall user sys rss_kib out_bytes src_pages out_pages rc wall_fine
 # wall: /usr/bin/time's (10 ms steps); wall_fine: the same run timed by the
 # shell around /usr/bin/time (0.1 ms steps, ~1 ms of fork and exec more).
+# bench/backup.sh's rows have three more:
+#   qemu_cpu (s of the running QEMU's CPU during the run) load1 dir_pages
 
 log()  { echo "== $*" >&2; }
 warn() { echo "!! $*" >&2; }
@@ -111,7 +113,8 @@ measure() {
 }
 
 # med KEY FIELD: median of FIELD over the successful runs of KEY.
-#   FIELD: wall user sys cpu rss out src_pages out_pages wall_fine
+#   FIELD: wall user sys cpu rss out src_pages out_pages wall_fine, and
+#   backup.sh's qemu_cpu load1 dir_pages (columns 12-14)
 #   Prints ">LIMIT" if KEY timed out, "FAIL" if no run succeeded, "" if KEY
 #   was never measured.
 med() {
@@ -127,6 +130,8 @@ med() {
             else if (f == "rss") v = $6; else if (f == "out") v = $7
             else if (f == "src_pages") v = $8; else if (f == "out_pages") v = $9
             else if (f == "wall_fine") v = ($11 == "" ? "-" : $11)
+            else if (f == "qemu_cpu") v = $12; else if (f == "load1") v = $13
+            else if (f == "dir_pages") v = $14
             if (v == "-") { dash = 1; next }
             a[n++] = v + 0
         }
