@@ -362,7 +362,7 @@ FINAL=$RESULTS/$STAMP.md
     echo "- $(qemu-system-x86_64 --version | head -n 1); Python $(python3 -c 'import platform; print(platform.python_version())')"
     echo "- zcow: $ZCOW, git commit $commit"
     echo "- load average at start: $LOAD0; at end: $LOAD1 (2 CPUs shared with other work: the figures move with it)"
-    echo "- command: bench/backup.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS$( [ "$VMCACHE" != none ] && echo " --vm-cache $VMCACHE")"
+    echo "- command: bench/backup.sh$( [ $QUICK = 1 ] && echo ' --quick') --runs $RUNS$( [ -n "$LABEL" ] && echo " --label $LABEL")$( [ "$VMCACHE" != none ] && echo " --vm-cache $VMCACHE") --workdir $WORK"
     echo "- caches dropped before each run: $( [ "$DROP_OK" = 1 ] && echo yes || echo 'NO (not root?): warm-cache figures')"
     echo "- the VM: \`qemu-system-x86_64 -machine q35,accel=tcg -m 64\`, no guest OS, one \`virtio-blk-pci\` disk (id vda, node d0):" \
          "a qcow2 made by \`qemu-img convert -O qcow2\` of W2 ($W2: ext4 made with mkfs.ext4 -d $W2_TREE," \
