@@ -206,9 +206,12 @@ int codec_compress_zlib_reference(int level, const void *in, size_t in_len, void
 }
 
 /* ISA-L inflate; the input may hold bytes after the stream (whole sectors
- * are read), which are ignored once OUT_LEN bytes are out. */
+ * are read), which are ignored once OUT_LEN bytes are out.  EXACT: the
+ * stream must also end there (its final block's end code may come after
+ * the last byte out: one more call, with room for one byte, finds it or
+ * finds more output). */
 static int decompress_deflate(struct codec_thread *t, const void *in, size_t in_len, void *out,
-                              size_t out_len)
+                              size_t out_len, bool exact)
 {
     if (!t->inflate && !(t->inflate = malloc(sizeof(*t->inflate))))
         return -ENOMEM;
@@ -222,40 +225,69 @@ static int decompress_deflate(struct codec_thread *t, const void *in, size_t in_
     int r = isal_inflate(s);
     if (r < 0 || s->avail_out != 0)
         return -EIO;
+    if (exact && s->block_state != ISAL_BLOCK_FINISH) {
+        uint8_t extra;
+        s->next_out = &extra;
+        s->avail_out = 1;
+        r = isal_inflate(s);
+        if (r < 0 || s->avail_out != 1 || s->block_state != ISAL_BLOCK_FINISH)
+            return -EIO;
+    }
     return 0;
 }
 
 /* As QEMU: several frames may follow one another; stop when the output is
- * full; an error or no progress is corruption. */
+ * full; an error or no progress is corruption.  EXACT: a frame must also
+ * end there (zstd says 0 once a frame is decoded and flushed; one more
+ * call, with room for one byte, finds its end or finds more output). */
 static int decompress_zstd(struct codec_thread *t, const void *in, size_t in_len, void *out,
-                           size_t out_len)
+                           size_t out_len, bool exact)
 {
     if (!t->zstd_d && !(t->zstd_d = ZSTD_createDCtx()))
         return -ENOMEM;
     ZSTD_DCtx_reset(t->zstd_d, ZSTD_reset_session_only);
     ZSTD_inBuffer ib = { in, in_len, 0 };
     ZSTD_outBuffer ob = { out, out_len, 0 };
+    size_t r = 1;
     while (ob.pos < ob.size) {
         size_t before_in = ib.pos, before_out = ob.pos;
-        size_t r = ZSTD_decompressStream(t->zstd_d, &ob, &ib);
+        r = ZSTD_decompressStream(t->zstd_d, &ob, &ib);
         if (ZSTD_isError(r))
             return -EIO;
         if (ib.pos == before_in && ob.pos == before_out)
             return -EIO;
     }
+    if (exact && r != 0) {
+        uint8_t extra;
+        ZSTD_outBuffer more = { &extra, 1, 0 };
+        r = ZSTD_decompressStream(t->zstd_d, &more, &ib);
+        if (ZSTD_isError(r) || r != 0 || more.pos != 0)
+            return -EIO;
+    }
     return 0;
 }
 
-int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t out_len)
+static int decompress(int type, const void *in, size_t in_len, void *out, size_t out_len,
+                      bool exact)
 {
     struct codec_thread *t = thread_ctx();
     if (!t)
         return -ENOMEM;
     if (type == ZCOW_COMPRESSION_ZSTD)
-        return decompress_zstd(t, in, in_len, out, out_len);
+        return decompress_zstd(t, in, in_len, out, out_len, exact);
     if (type == ZCOW_COMPRESSION_ZLIB)
-        return decompress_deflate(t, in, in_len, out, out_len);
+        return decompress_deflate(t, in, in_len, out, out_len, exact);
     return -EINVAL;
+}
+
+int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t out_len)
+{
+    return decompress(type, in, in_len, out, out_len, false);
+}
+
+int codec_decompress_exact(int type, const void *in, size_t in_len, void *out, size_t out_len)
+{
+    return decompress(type, in, in_len, out, out_len, true);
 }
 
 /* Raw deflate with QEMU's 4 KiB window (zlib enforces it, ISA-L would

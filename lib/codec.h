@@ -45,6 +45,11 @@ int codec_compress(int type, int level, const void *in, size_t in_len,
  * ends before OUT_LEN bytes. */
 int codec_decompress(int type, const void *in, size_t in_len, void *out, size_t out_len);
 
+/* The same, but the stream must also end after exactly OUT_LEN bytes:
+ * -EIO when it would give more (QEMU reads such a stream, cut at the
+ * cluster's end; no writer makes one, so zcow verify refuses it). */
+int codec_decompress_exact(int type, const void *in, size_t in_len, void *out, size_t out_len);
+
 /* The exact byte count of the stream at IN (IN_LEN bytes, possibly
  * followed by unrelated bytes: qcow2 records whole sectors) that decodes
  * to exactly OUT_LEN bytes; 0 if there is no such stream.  Lets a

@@ -189,6 +189,9 @@ static void round_trip(struct codec c, enum shape s, size_t cs, uint64_t *rs, in
            cs, r);
     CHECKF(memcmp(in, back, cs) == 0, "%s level %d %s %zu: round trip differs", type_name(c.type),
            c.level, what, cs);
+    r = codec_decompress_exact(c.type, out, (size_t)n, back, cs);
+    CHECKF(r == 0, "%s level %d %s %zu: exact decompress returned %d", type_name(c.type), c.level,
+           what, cs, r);
 
     /* Through the reference decoders. */
     if (c.type == ZCOW_COMPRESSION_ZLIB) {
@@ -222,12 +225,18 @@ static void round_trip(struct codec c, enum shape s, size_t cs, uint64_t *rs, in
         CHECKF(r == 0 && memcmp(in, back, cs) == 0,
                "%s level %d %s %zu: stream followed by garbage: %d", type_name(c.type), c.level,
                what, cs, r);
+        r = codec_decompress_exact(c.type, padded, (size_t)n + extra, back, cs);
+        CHECKF(r == 0, "%s level %d %s %zu: exact, stream followed by garbage: %d",
+               type_name(c.type), c.level, what, cs, r);
         /* Another stream right behind, as when chunks are packed. */
         memcpy(padded + n, out, extra < (size_t)n ? extra : (size_t)n);
         r = codec_decompress(c.type, padded, (size_t)n + extra, back, cs);
         CHECKF(r == 0 && memcmp(in, back, cs) == 0,
                "%s level %d %s %zu: stream followed by a stream: %d", type_name(c.type), c.level,
                what, cs, r);
+        r = codec_decompress_exact(c.type, padded, (size_t)n + extra, back, cs);
+        CHECKF(r == 0, "%s level %d %s %zu: exact, stream followed by a stream: %d",
+               type_name(c.type), c.level, what, cs, r);
         free(padded);
     }
 
@@ -241,6 +250,11 @@ static void round_trip(struct codec c, enum shape s, size_t cs, uint64_t *rs, in
         if (t) {
             memcpy(t, out, cut);
             memset(back, 0xcc, cs);
+            /* Exact: a stream that does not end is refused, however
+             * little is missing. */
+            CHECKF(codec_decompress_exact(c.type, t, cut, back, cs) < 0,
+                   "%s level %d %s %zu: exact: stream cut at %zu of %d decoded", type_name(c.type),
+                   c.level, what, cs, cut, n);
             r = codec_decompress(c.type, t, cut, back, cs);
             if (cut <= (size_t)n / 2)
                 CHECKF(r < 0, "%s level %d %s %zu: stream cut at %zu of %d decoded (%d)",
@@ -483,9 +497,50 @@ static void test_threads(void)
     }
 }
 
+/* A stream of more than a cluster: the plain decoder stops at the
+ * cluster's end, as QEMU's does; the exact one refuses it, at any excess
+ * from one byte up, both types. */
+static void test_exact_longer(void)
+{
+    uint64_t rs = unit_stream(14);
+    const size_t cs = 65536;
+    uint8_t *in = malloc(2 * cs), *out = malloc(4 * cs), *back = malloc(cs);
+    if (!in || !out || !back) {
+        CHECK(!"out of memory");
+        goto done;
+    }
+    fill_text(&rs, in, 2 * cs);
+    const int types[] = { ZCOW_COMPRESSION_ZLIB, ZCOW_COMPRESSION_ZSTD };
+    const size_t excess[] = { 1, 2, 100, 4096, cs };
+    for (size_t t = 0; t < 2; t++) {
+        for (size_t x = 0; x < sizeof(excess) / sizeof(excess[0]); x++) {
+            /* ISA-L takes at most a cluster: zlib itself makes the zlib type's. */
+            int n =
+                types[t] == ZCOW_COMPRESSION_ZLIB
+                    ? codec_compress_zlib_reference(6, in, cs + excess[x], out, 4 * cs)
+                    : codec_compress(types[t], ZCOW_LEVEL_DEFAULT, in, cs + excess[x], out, 4 * cs);
+            CHECKF(n > 0, "%s: compress %zu bytes: %d", type_name(types[t]), cs + excess[x], n);
+            if (n <= 0)
+                continue;
+            CHECKF(codec_decompress(types[t], out, (size_t)n, back, cs) == 0 &&
+                       memcmp(in, back, cs) == 0,
+                   "%s: %zu bytes more than a cluster: plain decode", type_name(types[t]),
+                   excess[x]);
+            CHECKF(codec_decompress_exact(types[t], out, (size_t)n, back, cs) == -EIO,
+                   "%s: %zu bytes more than a cluster: exact decode accepts it",
+                   type_name(types[t]), excess[x]);
+        }
+    }
+done:
+    free(in);
+    free(out);
+    free(back);
+}
+
 int main(void)
 {
     unit_init("test_codec");
+    test_exact_longer();
     test_levels();
     test_window_checker();
     test_reference();
