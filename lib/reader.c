@@ -62,6 +62,7 @@ struct reader {
     char *backing_path;   /* resolved against the image's directory */
     char *backing_format; /* from the extension, NULL if none */
     struct reader *backing;
+    bool exact; /* compressed streams end exactly at the cluster's end */
 
     pthread_mutex_t lock;     /* guards l2 */
     struct qcow2_cache l2;    /* read-only */
@@ -364,8 +365,10 @@ static int read_compressed_run(struct reader *r, uint64_t off, uint64_t n, uint8
             goto out;
         }
         uint8_t *dst = whole ? p + (g - off) : *cluster;
-        if (codec_decompress(r->h.compression_type, buf + (run[i].coff - astart), run[i].clen, dst,
-                             r->cluster_size) < 0) {
+        int (*decode)(int, const void *, size_t, void *, size_t) =
+            r->exact ? codec_decompress_exact : codec_decompress;
+        if (decode(r->h.compression_type, buf + (run[i].coff - astart), run[i].clen, dst,
+                   r->cluster_size) < 0) {
             e = corrupt(r, "cannot decompress the cluster at offset %#llx",
                         (unsigned long long)run[i].coff);
             goto out;
@@ -559,6 +562,35 @@ int reader_read_compressed(struct reader *r, const struct zcow_cluster_info *inf
     return e < 0 ? e : (int)len;
 }
 
+int reader_top_extent(struct reader *r, uint64_t off, uint64_t max, uint64_t *len, int *kind)
+{
+    if (max == 0)
+        max = 1;
+    if (off >= r->size || !r->qcow2) {
+        int zero;
+        int e = reader_extent(r, off, max, len, &zero);
+        *kind = zero ? READER_ZERO : READER_DATA;
+        return e;
+    }
+    uint64_t want = r->size - off < max ? r->size - off : max;
+    struct mapping m;
+    int e = map_run(r, off, want, true, &m);
+    if (e < 0)
+        return e;
+    *len = m.len;
+    *kind = m.kind == ZCOW_CLUSTER_NORMAL ? READER_DATA
+            : m.kind == ZCOW_CLUSTER_ZERO ? READER_ZERO
+            : r->backing_name             ? READER_BELOW
+                                          : READER_ZERO;
+    return 0;
+}
+
+void reader_set_exact(struct reader *r)
+{
+    for (; r; r = r->backing)
+        r->exact = true;
+}
+
 /* The image of the chain that holds [OFF, OFF+LEN): the first one in
  * which the stretch is not wholly unallocated (NULL when none is). */
 int reader_layer_of(struct reader *r, uint64_t off, uint64_t len, struct reader **layer)
@@ -595,6 +627,8 @@ uint32_t reader_cluster_size(const struct reader *r) { return r->qcow2 ? r->clus
 int reader_compression_type(const struct reader *r) { return r->h.compression_type; }
 int reader_is_qcow2(const struct reader *r) { return r->qcow2; }
 int reader_has_backing(const struct reader *r) { return r->backing != NULL; }
+const char *reader_backing_name(const struct reader *r) { return r->backing_name; }
+const char *reader_backing_format(const struct reader *r) { return r->backing_format; }
 
 /* ---- Info --------------------------------------------------------------- */
 
@@ -689,6 +723,7 @@ void reader_close(struct reader *r)
 struct chain {
     const char *what; /* prefix of every message: "cannot open 'x'" */
     int depth;
+    bool alone; /* the backing file is not opened */
     dev_t dev[MAX_CHAIN_DEPTH + 1];
     ino_t ino[MAX_CHAIN_DEPTH + 1];
 };
@@ -889,7 +924,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
         goto out;
     pthread_mutex_init(&r->lock, NULL);
 
-    if (r->backing_name) {
+    if (r->backing_name && !c->alone) {
         if (c->depth + 1 > MAX_CHAIN_DEPTH) {
             e = fail(c, ELOOP, "backing chain is longer than %d images", MAX_CHAIN_DEPTH);
             goto out;
@@ -1004,4 +1039,15 @@ int reader_open(const char *path, const char *format, int direct, struct reader 
     snprintf(what, sizeof(what), "cannot open '%s'", path);
     struct chain c = { .what = what };
     return open_image(path, format, direct, &c, out);
+}
+
+int reader_open_alone(const char *path, int direct, struct reader **out)
+{
+    *out = NULL;
+    if (!path)
+        return zerr(EINVAL, "no image name given");
+    char what[1100];
+    snprintf(what, sizeof(what), "cannot open '%s'", path);
+    struct chain c = { .what = what, .alone = true };
+    return open_image(path, "qcow2", direct, &c, out);
 }

@@ -64,6 +64,15 @@ void source_close(struct source *s);
 /* The kinds (each in its own file). */
 int source_raw_open(const char *name, bool direct, struct source **out);
 int source_qcow2_open(const char *name, bool direct, struct source **out);
+/* The same, with FLAGS:
+ *   SOURCE_QCOW2_TOP    the extents of what the image leaves to its backing
+ *                       file are EXTENT_UNCHANGED: a copy visits only what
+ *                       the image itself holds (reads still go through the
+ *                       chain, for a granule the image holds part of);
+ *   SOURCE_QCOW2_EXACT  compressed streams must decompress to exactly a
+ *                       cluster (reader_set_exact). */
+enum { SOURCE_QCOW2_TOP = 1u << 0, SOURCE_QCOW2_EXACT = 1u << 1 };
+int source_qcow2_open_flags(const char *name, bool direct, unsigned flags, struct source **out);
 
 /* NBD (source_nbd.c): is NAME an NBD URI (nbd://, nbds://, nbd+unix://,
  * nbds+unix://)?  source_open() sends those to source_nbd_open().

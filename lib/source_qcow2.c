@@ -34,6 +34,17 @@ static int q_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
     return e;
 }
 
+/* SOURCE_QCOW2_TOP: what the top image leaves to its backing file is
+ * UNCHANGED, so a copy visits only what the image itself holds. */
+static int q_top_extent(struct source *s, uint64_t off, uint64_t max, uint64_t *len,
+                        enum extent_kind *kind)
+{
+    int k = READER_DATA;
+    int e = reader_top_extent(s->priv, off, max, len, &k);
+    *kind = k == READER_DATA ? EXTENT_DATA : k == READER_ZERO ? EXTENT_ZERO : EXTENT_UNCHANGED;
+    return e;
+}
+
 static int q_read_compressed(struct source *s, uint64_t off, int type, uint32_t cluster_size,
                              void *buf, size_t cap)
 {
@@ -76,7 +87,20 @@ static const struct source_ops qcow2_ops = {
     .close = q_close,
 };
 
+static const struct source_ops qcow2_top_ops = {
+    .name = "qcow2",
+    .pread = q_pread,
+    .extent = q_top_extent,
+    .read_compressed = q_read_compressed,
+    .close = q_close,
+};
+
 int source_qcow2_open(const char *name, bool direct, struct source **out)
+{
+    return source_qcow2_open_flags(name, direct, 0, out);
+}
+
+int source_qcow2_open_flags(const char *name, bool direct, unsigned flags, struct source **out)
 {
     *out = NULL;
     struct source *s = calloc(1, sizeof(*s));
@@ -91,7 +115,9 @@ int source_qcow2_open(const char *name, bool direct, struct source **out)
         free(s);
         return e;
     }
-    s->ops = &qcow2_ops;
+    if (flags & SOURCE_QCOW2_EXACT)
+        reader_set_exact(r);
+    s->ops = flags & SOURCE_QCOW2_TOP ? &qcow2_top_ops : &qcow2_ops;
     s->priv = r;
     s->size = reader_size(r);
     *out = s;
