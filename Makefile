@@ -9,7 +9,7 @@ LD ?= ld
 OBJCOPY ?= objcopy
 NM ?= nm
 SANITIZE ?=
-VERSION := 0.2.0
+VERSION := 0.3.0
 
 # `make install`: PREFIX (/usr/local) and DESTDIR as usual; the
 # directories below may be set one by one (LIBDIR=/usr/lib/x86_64-linux-gnu).

@@ -22,6 +22,7 @@ static const struct {
     { "backup", cmd_backup, "back up a running VM's disks (full, incremental)" },
     { "list", cmd_list, "list the points of a backup directory" },
     { "restore", cmd_restore, "restore a disk from a backup directory" },
+    { "verify", cmd_verify, "verify the points of a backup directory" },
 };
 
 void die_msg(const char *fmt, ...)

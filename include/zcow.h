@@ -465,6 +465,25 @@ ZCOW_API int zcow_backup_list(const char *dir, char **json);
 ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
                                  const zcow_convert_opts *c);
 
+/* Verify the points of DISK (NULL: every disk) in DIR: the manifest, each
+ * image's structure (as zcow_check()), the chain's links (backing file
+ * names and format, virtual sizes, the order of the points, no image
+ * missing), and the content: every cluster each image holds is read once
+ * and every compressed one must decompress to exactly a cluster.  POINT:
+ * ZCOW_VERIFY_ALL (0) every point, ZCOW_VERIFY_LATEST the latest of each
+ * disk, else point POINT; for one point its chain below it is read too
+ * (its content rests on it) but only it is reported.  FN (may be NULL)
+ * gets one line per point ("vda 3 inc ok", "vda 3 inc BAD: CAUSE; ...")
+ * and a summary line.  Returns 0 when every point is good, -EBADMSG when
+ * one is not (the message names the first bad point and why), and other
+ * errors when DIR cannot be verified (-ENOENT no such disk or point,
+ * -EINVAL not a backup directory or a manifest that cannot be trusted,
+ * -EBUSY a backup is writing it).  Reads only: DIR is not changed. */
+#define ZCOW_VERIFY_ALL 0
+#define ZCOW_VERIFY_LATEST UINT64_MAX
+ZCOW_API int zcow_backup_verify(const char *dir, const char *disk, uint64_t point,
+                                zcow_message_fn *fn, void *opaque);
+
 /* ---- Checking and comparing (zcow check, zcow compare) ---------------------------- */
 
 /* Whole-image operations come in two forms: by path, where the library

@@ -194,6 +194,14 @@ int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
     return backup_dir_restore(dir, disk, point, c);
 }
 
+int zcow_backup_verify(const char *dir, const char *disk, uint64_t point, zcow_message_fn *fn,
+                       void *opaque)
+{
+    if (!dir)
+        return zerr(EINVAL, "%s: no backup directory", __func__);
+    return backup_dir_verify(dir, disk, point, fn, opaque);
+}
+
 #else
 
 static int not_built(void)
@@ -219,6 +227,13 @@ int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
                         const zcow_convert_opts *c)
 {
     (void)dir, (void)disk, (void)point, (void)c;
+    return not_built();
+}
+
+int zcow_backup_verify(const char *dir, const char *disk, uint64_t point, zcow_message_fn *fn,
+                       void *opaque)
+{
+    (void)dir, (void)disk, (void)point, (void)fn, (void)opaque;
     return not_built();
 }
 

@@ -55,6 +55,15 @@ int backup_dir_list(const char *path, json_t **out);
 int backup_dir_restore(const char *path, const char *disk, uint64_t point,
                        const struct zcow_convert_options *conv);
 
+/* zcow verify (backup_verify.c): check the points of DISK (NULL: every
+ * disk) in DIR - POINT 0 all of them, UINT64_MAX the latest of each disk,
+ * else point POINT (its chain below it is read too, as its content rests
+ * on it, but only it is reported) - and say one line per point to FN,
+ * then a summary.  -EBADMSG when a point is bad (the message names the
+ * first), other errors when DIR cannot be verified. */
+int backup_dir_verify(const char *path, const char *disk, uint64_t point, zcow_message_fn *fn,
+                      void *opaque);
+
 /* Replace the manifest on disk with d->manifest (temp file, fsync,
  * rename, fsync of DIR). */
 int backup_dir_save(struct backup_dir *d);

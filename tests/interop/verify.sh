@@ -1,0 +1,215 @@
+#!/usr/bin/env bash
+# verify.sh - zcow verify on a backup directory made by zcow backup --qmp of
+# a running TCG QEMU (two small disks, a full and two incrementals), and on
+# copies of it damaged one way each.  Every damage is caught, with the
+# point named and a non-zero exit; a good DIR verifies with one line per
+# point; verify changes nothing in DIR.
+#   good        every point ok, exit 0; --point N reports N only, --disk
+#               one disk only, --point latest the latest of each disk
+#   compressed  a flipped byte inside a compressed cluster's stream
+#   truncated   an image cut short: it and the points above it are bad
+#   missing     an image removed: the same
+#   link        an incremental's backing file pointed at the wrong point
+#               (qemu-img rebase -u)
+#   size        the manifest's virtual size of a point edited
+#   name        the manifest's file of a point pointing at another image
+#   bad input   no DIR, not a backup DIR, a manifest that is not JSON, no
+#               such disk or point: exit 1 and one line
+. "$(dirname "$0")/functions.sh"
+requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum
+requires_zcow
+requires_nbd_support
+
+QMP=$ROOT/tests/interop/qmp.py
+qsock=$work/qmp.sock
+msock=$work/mon.sock
+VDA=/machine/peripheral/vda/virtio-backend
+VDB=/machine/peripheral/vdb/virtio-backend
+
+qemu_stop() {
+    [ -f "$work/qemu.pid" ] && kill_wait "$(cat "$work/qemu.pid")"
+    rm -f "$work/qemu.pid"
+}
+cleanup_fn qemu_stop
+
+# ---- a backup directory: full, then two incrementals ------------------------
+# vda: words (compressed clusters), random bytes (stored as they are), zeros.
+python3 - "$work" "$TEST_SEED" <<'EOF'
+import os, random, sys
+d, rnd = sys.argv[1], random.Random(int(sys.argv[2]))
+MiB = 1 << 20
+words = [bytes(rnd.choice("etaoinshrdlu") * rnd.randint(1, 3), "ascii") for _ in range(300)]
+text = b" ".join(rnd.choice(words) for _ in range(3 * MiB // 3))[:8 * MiB]
+with open(os.path.join(d, "vda.raw"), "wb") as f:
+    f.truncate(32 * MiB)
+    f.write(text.ljust(8 * MiB, b"."))
+    f.seek(16 * MiB)
+    f.write(rnd.randbytes(4 * MiB))
+with open(os.path.join(d, "vdb.raw"), "wb") as f:
+    f.truncate(8 * MiB)
+    f.write(b"vdb holds words " * (MiB // 16))
+EOF
+for d in vda vdb; do qemu-img convert -f raw -O qcow2 "$work/$d.raw" "$work/$d.qcow2"; done
+qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
+    -blockdev driver=file,filename="$work/vda.qcow2",node-name=fa \
+    -blockdev driver=qcow2,file=fa,node-name=da -device virtio-blk-pci,drive=da,id=vda \
+    -blockdev driver=file,filename="$work/vdb.qcow2",node-name=fb \
+    -blockdev driver=qcow2,file=fb,node-name=db -device virtio-blk-pci,drive=db,id=vdb \
+    -qmp unix:"$qsock",server=on,wait=off -qmp unix:"$msock",server=on,wait=off \
+    -daemonize -pidfile "$work/qemu.pid" || { fail "cannot start QEMU"; finish; }
+for _ in $(seq 100); do [ -S "$msock" ] && break; sleep 0.02; done
+
+D=$work/dir
+backup() { "$ZCOW" backup -j 2 --qmp "$qsock" "$D" >/dev/null 2>&1 || fail "backup $*"; }
+backup full
+python3 "$QMP" "$msock" write "$VDA" "write -P 0x61 1M 128k" "write -z 16M 64k" ||
+    fail "write 1"
+python3 "$QMP" "$msock" write "$VDB" "write -P 0x62 64k 64k" || fail "write 1b"
+backup inc 2
+python3 "$QMP" "$msock" write "$VDA" "write -P 0x63 2M 192k" "write -P 0x64 20M 64k" ||
+    fail "write 2"
+backup inc 3
+qemu_stop
+[ "$(ls "$D"/vda/*.qcow2 | wc -l)" = 3 ] || { fail "want 3 points of vda: $(ls "$D"/vda)"; finish; }
+
+# verify_bad NAME DIR WANT [ARGS...]: exit 2, a BAD line matching WANT (a
+# grep -E pattern), and the message naming the point.
+verify_bad() {
+    local name=$1 dir=$2 want=$3 out rc
+    shift 3
+    out=$("$ZCOW" verify "$@" "$dir" 2>&1)
+    rc=$?
+    if [ "$rc" = 2 ] && echo "$out" | grep -Eq "$want" &&
+        echo "$out" | grep -q "^zcow: .* point [0-9]* is bad: "; then
+        pass
+    else
+        fail "$name: exit $rc, want 2 and /$want/: $(echo "$out" | tr '\n' '|')"
+    fi
+}
+
+# damaged NAME: a fresh copy of the good DIR to damage, $work/NAME.
+damaged() {
+    rm -rf "${work:?}/$1"
+    cp -a "$D" "$work/$1"
+    echo "$work/$1"
+}
+
+# ---- good -----------------------------------------------------------------------
+sum_before=$(cd "$D" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+out=$("$ZCOW" verify "$D" 2>&1)
+rc=$?
+want="vda 1 full ok
+vda 2 inc ok
+vda 3 inc ok
+vdb 1 full ok
+vdb 2 inc ok
+vdb 3 inc ok
+6 points of 2 disks verified: all good"
+[ "$rc" = 0 ] && [ "$out" = "$want" ] && pass || fail "good DIR: exit $rc: $out"
+out=$("$ZCOW" verify --point 2 --disk vda "$D" 2>&1)
+[ "$?" = 0 ] && [ "$out" = "vda 2 inc ok
+1 point of 1 disk verified: all good" ] && pass || fail "--point 2 --disk vda: $out"
+out=$("$ZCOW" verify --point latest "$D" 2>&1)
+[ "$?" = 0 ] && [ "$(echo "$out" | head -2 | tr '\n' ' ')" = "vda 3 inc ok vdb 3 inc ok " ] &&
+    pass || fail "--point latest: $out"
+sum_after=$(cd "$D" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
+[ "$sum_before" = "$sum_after" ] && pass || fail "verify changed DIR"
+
+# ---- a flipped byte in a compressed cluster's stream --------------------------------
+# host_of IMAGE N: the host offset and length of the Nth compressed cluster
+# of IMAGE (from its L1 and L2 tables).
+compressed_at() {
+    python3 - "$1" "$2" <<'EOF'
+import struct, sys
+f = open(sys.argv[1], "rb")
+h = f.read(104)
+cb, = struct.unpack(">I", h[20:24])
+l1n, l1o = struct.unpack(">IQ", h[36:48])
+cs = 1 << cb
+f.seek(l1o)
+l1 = struct.unpack(">%dQ" % l1n, f.read(8 * l1n))
+want = int(sys.argv[2])
+shift = 62 - (cb - 8)
+for e in l1:
+    l2o = e & 0x00fffffffffffe00
+    if not l2o:
+        continue
+    f.seek(l2o)
+    for (x,) in struct.iter_unpack(">Q", f.read(cs)):
+        if x & (1 << 62):
+            if want == 0:
+                off = x & ((1 << shift) - 1)
+                sectors = ((x >> shift) & ((1 << (cb - 8)) - 1)) + 1
+                print(off, sectors * 512 - (off & 511))
+                sys.exit(0)
+            want -= 1
+sys.exit(1)
+EOF
+}
+flip() { # flip FILE OFFSET: invert the byte at OFFSET
+    python3 -c 'import sys
+f = open(sys.argv[1], "r+b"); f.seek(int(sys.argv[2])); b = f.read(1)
+f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xff]))' "$1" "$2"
+}
+x=$(damaged compressed)
+read -r coff clen < <(compressed_at "$x/vda/000001.qcow2" 5) || fail "no compressed cluster"
+flip "$x/vda/000001.qcow2" $((coff + 40))
+verify_bad compressed "$x" "^vda 1 full BAD: .*(decompress|corrupt)"
+
+# ---- a truncated image ----------------------------------------------------------------
+x=$(damaged truncated)
+truncate -s $(($(stat -c %s "$x/vda/000002.qcow2") / 2)) "$x/vda/000002.qcow2"
+verify_bad truncated "$x" "^vda 2 inc BAD: "
+verify_bad truncated-above "$x" "^vda 3 inc BAD: rests on point 2"
+out=$("$ZCOW" verify --disk vdb "$x" 2>&1) && pass || fail "truncated vda spoils vdb: $out"
+
+# ---- a missing image ---------------------------------------------------------------------
+x=$(damaged missing)
+rm "$x/vda/000002.qcow2"
+verify_bad missing "$x" "^vda 2 inc BAD: image 'vda/000002.qcow2' is missing"
+verify_bad missing-above "$x" "^vda 3 inc BAD: rests on point 2" --point 3
+out=$("$ZCOW" verify --point 1 "$x" 2>&1) && pass || fail "missing 2 spoils point 1: $out"
+
+# ---- a swapped link ----------------------------------------------------------------------
+x=$(damaged link)
+qemu-img rebase -u -f qcow2 -b 000001.qcow2 -F qcow2 "$x/vda/000003.qcow2"
+verify_bad link "$x" "^vda 3 inc BAD: backing file '000001.qcow2', not point 2's '000002.qcow2'"
+
+# ---- the manifest changed -------------------------------------------------------------------
+x=$(damaged size)
+python3 - "$x/zcow-backup.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["disks"]["vdb"]["points"][1]["virtual-size"] += 65536
+json.dump(m, open(sys.argv[1], "w"))
+EOF
+verify_bad size "$x" "^vdb 2 inc BAD: virtual size [0-9]*, the manifest says"
+x=$(damaged name)
+python3 - "$x/zcow-backup.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["disks"]["vdb"]["points"][2]["file"] = "vda/000003.qcow2"
+json.dump(m, open(sys.argv[1], "w"))
+EOF
+verify_bad name "$x" "^vdb 3 inc BAD: the manifest names its image 'vda/000003.qcow2'"
+
+# ---- bad input --------------------------------------------------------------------------------
+x=$(damaged json)
+echo "{" >>"$x/zcow-backup.json"
+bad_input() {
+    local name=$1 want=$2 out rc
+    shift 2
+    out=$("$ZCOW" verify "$@" 2>&1)
+    rc=$?
+    [ "$rc" = 1 ] && [ "$(echo "$out" | wc -l)" = 1 ] && echo "$out" | grep -q "^zcow: .*$want" &&
+        pass || fail "$name: exit $rc: $out"
+}
+bad_input json "zcow-backup.json" "$x"
+bad_input no-dir "No such file" "$work/none"
+mkdir "$work/other" && touch "$work/other/file"
+bad_input not-ours "not a zcow backup directory" "$work/other"
+bad_input no-disk "no disk 'vdc'" --disk vdc "$D"
+bad_input no-point "no disk has a point 9" --point 9 "$D"
+bad_input bad-point "must be a point number" --point x "$D"
+
+finish
