@@ -1,7 +1,31 @@
-# backup-functions.sh - what backup-qmp.sh and backup-libvirt.sh share:
-# a raw model of each disk (every write the test makes through the VM also
-# goes to $work/DISK.model), kept as it was at each point, and the check
-# that a restored point equals it.  Sourced after functions.sh.
+# backup-functions.sh - what backup-qmp.sh, backup-libvirt.sh and
+# verify.sh share: a raw model of each disk (every write the test makes
+# through the VM also goes to $work/DISK.model), kept as it was at each
+# point, and the check that a restored point equals it; a TCG QEMU with two
+# disks.  Sourced after functions.sh.
+
+# qemu_start: QEMU (TCG, no guest) with $work/vda.qcow2 and vdb.qcow2 as
+# virtio disks vda and vdb (nodes da, db), and two QMP sockets: $qsock
+# (zcow's) and $msock (the test's).  qemu_stop: kill it.
+qemu_start() {
+    rm -f "$qsock" "$msock"
+    qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
+        -blockdev driver=file,filename="$work/vda.qcow2",node-name=fa \
+        -blockdev driver=qcow2,file=fa,node-name=da -device virtio-blk-pci,drive=da,id=vda \
+        -blockdev driver=file,filename="$work/vdb.qcow2",node-name=fb \
+        -blockdev driver=qcow2,file=fb,node-name=db -device virtio-blk-pci,drive=db,id=vdb \
+        -qmp unix:"$qsock",server=on,wait=off -qmp unix:"$msock",server=on,wait=off \
+        -daemonize -pidfile "$work/qemu.pid" || return 1
+    for _ in $(seq 100); do
+        [ -S "$msock" ] && return 0
+        sleep 0.02
+    done
+    return 1
+}
+qemu_stop() {
+    [ -f "$work/qemu.pid" ] && kill_wait "$(cat "$work/qemu.pid")"
+    rm -f "$work/qemu.pid"
+}
 
 # model DISK CMD...: qemu-io commands on the model of DISK.
 model() {

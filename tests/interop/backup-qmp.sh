@@ -38,25 +38,6 @@ msock=$work/mon.sock # the test's
 VDA=/machine/peripheral/vda/virtio-backend
 VDB=/machine/peripheral/vdb/virtio-backend
 
-qemu_start() {
-    rm -f "$qsock" "$msock"
-    qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
-        -blockdev driver=file,filename="$work/vda.qcow2",node-name=fa \
-        -blockdev driver=qcow2,file=fa,node-name=da -device virtio-blk-pci,drive=da,id=vda \
-        -blockdev driver=file,filename="$work/vdb.qcow2",node-name=fb \
-        -blockdev driver=qcow2,file=fb,node-name=db -device virtio-blk-pci,drive=db,id=vdb \
-        -qmp unix:"$qsock",server=on,wait=off -qmp unix:"$msock",server=on,wait=off \
-        -daemonize -pidfile "$work/qemu.pid" || return 1
-    for _ in $(seq 100); do
-        [ -S "$msock" ] && return 0
-        sleep 0.02
-    done
-    return 1
-}
-qemu_stop() {
-    [ -f "$work/qemu.pid" ] && kill_wait "$(cat "$work/qemu.pid")"
-    rm -f "$work/qemu.pid"
-}
 cleanup_fn qemu_stop
 
 # write DISK CMD...: as the guest would, and into the model.

@@ -16,6 +16,7 @@
 #   bad input   no DIR, not a backup DIR, a manifest that is not JSON, no
 #               such disk or point: exit 1 and one line
 . "$(dirname "$0")/functions.sh"
+. "$(dirname "$0")/backup-functions.sh"
 requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum
 requires_zcow
 requires_nbd_support
@@ -26,10 +27,6 @@ msock=$work/mon.sock
 VDA=/machine/peripheral/vda/virtio-backend
 VDB=/machine/peripheral/vdb/virtio-backend
 
-qemu_stop() {
-    [ -f "$work/qemu.pid" ] && kill_wait "$(cat "$work/qemu.pid")"
-    rm -f "$work/qemu.pid"
-}
 cleanup_fn qemu_stop
 
 # ---- a backup directory: full, then two incrementals ------------------------
@@ -50,14 +47,7 @@ with open(os.path.join(d, "vdb.raw"), "wb") as f:
     f.write(b"vdb holds words " * (MiB // 16))
 EOF
 for d in vda vdb; do qemu-img convert -f raw -O qcow2 "$work/$d.raw" "$work/$d.qcow2"; done
-qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
-    -blockdev driver=file,filename="$work/vda.qcow2",node-name=fa \
-    -blockdev driver=qcow2,file=fa,node-name=da -device virtio-blk-pci,drive=da,id=vda \
-    -blockdev driver=file,filename="$work/vdb.qcow2",node-name=fb \
-    -blockdev driver=qcow2,file=fb,node-name=db -device virtio-blk-pci,drive=db,id=vdb \
-    -qmp unix:"$qsock",server=on,wait=off -qmp unix:"$msock",server=on,wait=off \
-    -daemonize -pidfile "$work/qemu.pid" || { fail "cannot start QEMU"; finish; }
-for _ in $(seq 100); do [ -S "$msock" ] && break; sleep 0.02; done
+qemu_start || { fail "cannot start QEMU"; finish; }
 
 D=$work/dir
 backup() { "$ZCOW" backup -j 2 --qmp "$qsock" "$D" >/dev/null 2>&1 || fail "backup $*"; }
