@@ -61,7 +61,7 @@ LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
 ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
 
 LIB_SRC := $(sort $(wildcard lib/*.c))
-NBD_ONLY := lib/source_nbd.c lib/nbd_client.c tests/unit/test_source_nbd.c lib/qmp.c $(wildcard lib/backup*.c) \
+NBD_ONLY := lib/source_nbd.c lib/nbd_client.c lib/dest_nbd.c tests/unit/test_source_nbd.c lib/qmp.c $(wildcard lib/backup*.c) \
             tests/unit/test_backup_dir.c
 ifeq ($(NBD),no)
 LIB_SRC := $(filter-out $(NBD_ONLY),$(LIB_SRC))

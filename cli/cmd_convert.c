@@ -14,7 +14,7 @@ static const char usage_text[] =
     "usage: zcow convert [-f raw|qcow2] [-O qcow2|raw] [-c] [-o OPTIONS] [-l LEVEL]\n"
     "                    [-j THREADS] [-t none|writeback] [-T none|writeback]\n"
     "                    [--write-cache=on|off] [--drop-pages] [-p] [--progress-fd=N] [-q]\n"
-    "                    [-B BACKING [-F qcow2|raw]] [--bitmap NAME]\n"
+    "                    [-B BACKING [-F qcow2|raw]] [--bitmap NAME] [--target-is-zero]\n"
     "                    [--tls-certificates DIR] [--tls-psk-file FILE]\n"
     "                    [--tls-username NAME] SRC DST\n"
     "\n"
@@ -24,7 +24,10 @@ static const char usage_text[] =
     "  nbds://HOST[:PORT]/EXPORT, nbds+unix:///EXPORT?socket=PATH\n"
     "\n"
     "  -f FMT        source format (probed by default)\n"
-    "  -O FMT        output format: qcow2 (compressed, default) or raw (restore)\n"
+    "  -O FMT        output format: qcow2 (compressed, default) or raw (restore);\n"
+    "                DST may be a block device or an NBD URI (written in place, raw)\n"
+    "  --target-is-zero  DST, a block device or NBD export, already reads as\n"
+    "                zero: its zero stretches are not written\n"
     "  -c            compress (accepted for qemu-img compatibility: zcow always does)\n"
     "  -o OPTIONS    cluster_size=4k..2M (64k), compression_type=zlib|zstd (zlib)\n"
     "  -l LEVEL      zlib type: 0-3 ISA-L, 4-9 zlib (default: ISA-L 2 or 3 per cluster);\n"
@@ -43,7 +46,7 @@ static const char usage_text[] =
     "  --bitmap NAME incremental backup: copy only the clusters dirty in the NBD\n"
     "                source's bitmap NAME (qemu:dirty-bitmap:NAME); needs -B\n"
     "\n"
-    "  TLS (nbds:// and nbds+unix:// only; with nbd:// these are an error):\n"
+    "  TLS (nbds:// and nbds+unix:// only, SRC or DST; with nbd:// an error):\n"
     "  --tls-certificates DIR  X.509: DIR holds ca-cert.pem, and client-cert.pem\n"
     "                and client-key.pem for a server that checks clients; by\n"
     "                default libnbd's: /etc/pki/libnbd for root, else\n"
@@ -56,13 +59,6 @@ static const char usage_text[] =
     "  libnbd applies the URI over what is set before it. The options keep\n"
     "  paths and names out of a URI that shows in ps. Over nbds+unix:// libnbd\n"
     "  checks no server certificate (it has no host name to check it for).\n";
-
-/* As the library tells NBD sources from files. */
-static int is_nbd_uri(const char *s)
-{
-    return !strncmp(s, "nbd://", 6) || !strncmp(s, "nbds://", 7) ||
-           !strncmp(s, "nbd+unix://", 11) || !strncmp(s, "nbds+unix://", 12);
-}
 
 static int parse_cache(const char *v, int *mode, const char *flag)
 {
@@ -87,6 +83,7 @@ int cmd_convert(int argc, char **argv)
         OPT_TLS_CERTIFICATES,
         OPT_TLS_PSK_FILE,
         OPT_TLS_USERNAME,
+        OPT_TARGET_IS_ZERO,
     };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
@@ -97,6 +94,7 @@ int cmd_convert(int argc, char **argv)
         { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
         { "tls-psk-file", required_argument, NULL, OPT_TLS_PSK_FILE },
         { "tls-username", required_argument, NULL, OPT_TLS_USERNAME },
+        { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
         { NULL, 0, NULL, 0 },
     };
     /* Strings are kept as given until the command line's own checks are
@@ -104,8 +102,8 @@ int cmd_convert(int argc, char **argv)
     struct {
         const char *src_format, *dst_format, *backing_file, *backing_format, *bitmap;
         const char *tls_certificates, *tls_psk_file, *tls_username;
-        int cache_mode, drop_pages;
-    } a = { .dst_format = "qcow2", .cache_mode = ZCOW_CACHE_NONE };
+        int cache_mode, drop_pages, target_is_zero;
+    } a = { .cache_mode = ZCOW_CACHE_NONE };
     zcow_create_opts *c = zcow_create_opts_new();
     zcow_convert_opts *o = zcow_convert_opts_new();
     zcow_convert_stats *st = zcow_convert_stats_new();
@@ -169,6 +167,7 @@ int cmd_convert(int argc, char **argv)
         case OPT_TLS_CERTIFICATES: a.tls_certificates = optarg; break;
         case OPT_TLS_PSK_FILE: a.tls_psk_file = optarg; break;
         case OPT_TLS_USERNAME: a.tls_username = optarg; break;
+        case OPT_TARGET_IS_ZERO: a.target_is_zero = 1; break;
         case OPT_PROGRESS_FD:
             if (cli_parse_int(optarg, 0, 1 << 20, &n, "--progress-fd") < 0)
                 goto out;
@@ -182,6 +181,9 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     const char *src = argv[optind], *dst = argv[optind + 1];
+    /* An NBD export takes raw bytes: no -O needed for one. */
+    if (!a.dst_format)
+        a.dst_format = cli_is_nbd_uri(dst) ? "raw" : "qcow2";
     if (strcmp(a.dst_format, "qcow2") && strcmp(a.dst_format, "raw")) {
         die_msg("output format '%s' is not qcow2 or raw", a.dst_format);
         goto out;
@@ -202,8 +204,10 @@ int cmd_convert(int argc, char **argv)
                           : a.tls_psk_file   ? "--tls-psk-file"
                           : a.tls_username   ? "--tls-username"
                                              : NULL;
-    if (tls_opt && strncmp(src, "nbds://", 7) && strncmp(src, "nbds+unix://", 12)) {
-        die_msg("%s needs an NBD URI with TLS (nbds:// or nbds+unix://), not '%s'", tls_opt, src);
+    if (tls_opt && strncmp(src, "nbds://", 7) && strncmp(src, "nbds+unix://", 12) &&
+        strncmp(dst, "nbds://", 7) && strncmp(dst, "nbds+unix://", 12)) {
+        die_msg("%s needs an NBD URI with TLS (nbds:// or nbds+unix://), not '%s'", tls_opt,
+                cli_is_nbd_uri(dst) && !cli_is_nbd_uri(src) ? dst : src);
         goto out;
     }
     /* The setters refuse what zcow_convert() refused; the messages are
@@ -220,7 +224,7 @@ int cmd_convert(int argc, char **argv)
         goto out;
     }
     if (zcow_convert_opts_set_src_format(o, a.src_format) < 0) {
-        if (is_nbd_uri(src))
+        if (cli_is_nbd_uri(src))
             die_msg("'%s': an NBD export is read as raw, not '%s'", src, a.src_format);
         else
             die_msg("'%s': unknown source format '%s' (raw or qcow2)", src, a.src_format);
@@ -231,6 +235,7 @@ int cmd_convert(int argc, char **argv)
         zcow_convert_opts_set_create(o, c) < 0 || zcow_convert_opts_set_src(o, src) < 0 ||
         zcow_convert_opts_set_dst(o, dst) < 0 ||
         zcow_convert_opts_set_dst_format(o, a.dst_format) < 0 ||
+        zcow_convert_opts_set_target_is_zero(o, a.target_is_zero) < 0 ||
         zcow_convert_opts_set_bitmap(o, a.bitmap) < 0 ||
         zcow_convert_opts_set_tls_certificates(o, a.tls_certificates) < 0 ||
         zcow_convert_opts_set_tls_psk_file(o, a.tls_psk_file) < 0 ||

@@ -9,26 +9,62 @@
 #include "zcow.h"
 
 static const char restore_usage[] =
-    "usage: zcow restore [--disk NAME] [--point N|latest] [-j THREADS] [-p] DIR DEST\n"
+    "usage: zcow restore [--disk NAME] [--point N|latest] [-O raw|qcow2] [--target-is-zero]\n"
+    "                    [-j THREADS] [-p] [--tls-certificates DIR] [--tls-psk-file FILE]\n"
+    "                    [--tls-username NAME] DIR DEST\n"
     "\n"
-    "  Write the disk as it was at a point of DIR to DEST: a sparse raw file or\n"
-    "  a block device.\n"
+    "  Write the disk as it was at a point of DIR to DEST, reading the point's\n"
+    "  chain once: a sparse raw file, a block device (written in place), a\n"
+    "  qcow2 image (uncompressed, to run a VM from), or an NBD export\n"
+    "  (nbd://HOST[:PORT]/EXPORT, nbd+unix:///EXPORT?socket=PATH, or with TLS\n"
+    "  nbds://, nbds+unix://; written in place).\n"
     "\n"
     "  --disk NAME   the disk (needed when DIR holds several)\n"
     "  --point N     the point (default: latest)\n"
+    "  -O FMT        raw or qcow2 (default: qcow2 for a DEST ending in .qcow2,\n"
+    "                raw otherwise; an NBD export is raw)\n"
+    "  --target-is-zero  the block device or NBD export already reads as zero:\n"
+    "                its zero stretches are not written (default: zeroed)\n"
     "  -j THREADS    worker threads (default: twice the online CPUs)\n"
-    "  -p            show progress\n";
+    "  -p            show progress\n"
+    "  --tls-certificates DIR, --tls-psk-file FILE, --tls-username NAME\n"
+    "                TLS for an nbds:// DEST, as for zcow convert\n";
+
+/* The format DEST gets by default: qcow2 when named so (a VM runs from
+ * it), else raw (a file, a block device, an NBD export). */
+static const char *default_format(const char *dest)
+{
+    size_t n = strlen(dest);
+    if (cli_is_nbd_uri(dest) || n < 6 || strcmp(dest + n - 6, ".qcow2"))
+        return "raw";
+    return "qcow2";
+}
 
 int cmd_restore(int argc, char **argv)
 {
-    enum { OPT_DISK = 256, OPT_POINT };
+    enum {
+        OPT_DISK = 256,
+        OPT_POINT,
+        OPT_TARGET_IS_ZERO,
+        OPT_TLS_CERTIFICATES,
+        OPT_TLS_PSK_FILE,
+        OPT_TLS_USERNAME,
+    };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "disk", required_argument, NULL, OPT_DISK },
         { "point", required_argument, NULL, OPT_POINT },
+        { "target-is-zero", no_argument, NULL, OPT_TARGET_IS_ZERO },
+        { "tls-certificates", required_argument, NULL, OPT_TLS_CERTIFICATES },
+        { "tls-psk-file", required_argument, NULL, OPT_TLS_PSK_FILE },
+        { "tls-username", required_argument, NULL, OPT_TLS_USERNAME },
         { NULL, 0, NULL, 0 },
     };
     zcow_convert_opts *conv = zcow_convert_opts_new();
+    zcow_create_opts *create = zcow_create_opts_new();
+    const char *format = NULL, *tls_certificates = NULL, *tls_psk_file = NULL;
+    const char *tls_username = NULL;
+    int target_is_zero = 0;
     struct cli_progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
     const char *disk = NULL;
     long n;
@@ -36,11 +72,11 @@ int cmd_restore(int argc, char **argv)
     unsigned long long point = 0;
     int c;
     optind = 1;
-    if (!conv) {
+    if (!conv || !create) {
         die_msg("%s", zcow_get_error());
         return 1;
     }
-    while ((c = getopt_long(argc, argv, "hj:p", longopts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "hj:pO:", longopts, NULL)) != -1) {
         switch (c) {
         case 'h':
             fputs(restore_usage, stdout);
@@ -65,6 +101,17 @@ int cmd_restore(int argc, char **argv)
             zcow_convert_opts_set_threads(conv, (int)n);
             break;
         case 'p': prog.show = 1; break;
+        case 'O':
+            if (strcmp(optarg, "raw") && strcmp(optarg, "qcow2")) {
+                die_msg("output format '%s' is not raw or qcow2", optarg);
+                goto out;
+            }
+            format = optarg;
+            break;
+        case OPT_TARGET_IS_ZERO: target_is_zero = 1; break;
+        case OPT_TLS_CERTIFICATES: tls_certificates = optarg; break;
+        case OPT_TLS_PSK_FILE: tls_psk_file = optarg; break;
+        case OPT_TLS_USERNAME: tls_username = optarg; break;
         default: fputs(restore_usage, stderr); goto out;
         }
     }
@@ -75,9 +122,25 @@ int cmd_restore(int argc, char **argv)
     cli_progress_start(&prog);
     if (prog.show)
         zcow_convert_opts_set_progress(conv, cli_progress, &prog);
-    int e = zcow_convert_opts_set_dst(conv, argv[optind + 1]);
+    const char *dest = argv[optind + 1];
+    if (!format)
+        format = default_format(dest);
+    /* A qcow2 restore is an image to run a VM from: uncompressed. */
+    int e = zcow_create_opts_set_compress(create, false);
     if (e == 0)
-        e = zcow_convert_opts_set_dst_format(conv, "raw");
+        e = zcow_convert_opts_set_create(conv, create);
+    if (e == 0)
+        e = zcow_convert_opts_set_dst(conv, dest);
+    if (e == 0)
+        e = zcow_convert_opts_set_dst_format(conv, format);
+    if (e == 0)
+        e = zcow_convert_opts_set_target_is_zero(conv, target_is_zero);
+    if (e == 0)
+        e = zcow_convert_opts_set_tls_certificates(conv, tls_certificates);
+    if (e == 0)
+        e = zcow_convert_opts_set_tls_psk_file(conv, tls_psk_file);
+    if (e == 0)
+        e = zcow_convert_opts_set_tls_username(conv, tls_username);
     if (e == 0)
         e = zcow_backup_restore(argv[optind], disk, (uint64_t)point, conv);
     cli_progress_end(&prog);
@@ -87,6 +150,7 @@ int cmd_restore(int argc, char **argv)
     }
     rc = 0;
 out:
+    zcow_create_opts_free(create);
     zcow_convert_opts_free(conv);
     return rc;
 }

@@ -43,6 +43,9 @@ void cli_progress_end(const struct cli_progress *p);
 int cli_parse_o(const char *text, zcow_create_opts *c);
 /* A number from LO to HI (WHAT names it in the message); -1 after one. */
 int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what);
+/* Is S an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://), as the
+ * library tells NBD sources and destinations from files? */
+int cli_is_nbd_uri(const char *s);
 /* "1.5 GiB" */
 void cli_human_bytes(uint64_t n, char *buf, size_t cap);
 

@@ -118,3 +118,9 @@ void cli_progress_end(const struct cli_progress *p)
     if (p->show)
         fputs(p->tty ? "\n" : "    (100.00/100%)\n", p->tty ? stderr : stdout);
 }
+
+int cli_is_nbd_uri(const char *s)
+{
+    return !strncmp(s, "nbd://", 6) || !strncmp(s, "nbds://", 7) ||
+           !strncmp(s, "nbd+unix://", 11) || !strncmp(s, "nbds+unix://", 12);
+}

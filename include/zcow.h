@@ -40,8 +40,8 @@
  * threads at once is safe.
  *
  * ABI versions: the symbols of the first release carry the version node
- * ZCOW_0.1, those added or changed in 0.2 carry ZCOW_0.2 (lib/libzcow.map;
- * the soname stays libzcow.so.0).  A program built against the 0.1 header,
+ * ZCOW_0.1, those added or changed in 0.2 carry ZCOW_0.2, those of 0.3
+ * ZCOW_0.3 (lib/libzcow.map; the soname stays libzcow.so.0).  A program built against the 0.1 header,
  * whose structures (struct zcow_create_options, struct zcow_info, ...)
  * were allocated by the program, keeps running with this library: its
  * calls bind to the ZCOW_0.1 versions, which read and write only the
@@ -156,6 +156,13 @@ ZCOW_API const char *zcow_create_opts_get_backing_file(const zcow_create_opts *o
  * for zcow_create(), probed by zcow_convert(). */
 ZCOW_API int zcow_create_opts_set_backing_format(zcow_create_opts *o, const char *format);
 ZCOW_API const char *zcow_create_opts_get_backing_format(const zcow_create_opts *o);
+
+/* Compress data clusters (the default), or (false) write them as they
+ * are: an image to run a VM from, whose data clusters QEMU rewrites in
+ * place; all-zero clusters are still left unallocated (zero clusters over
+ * a backing file).  Since 0.3. */
+ZCOW_API int zcow_create_opts_set_compress(zcow_create_opts *o, bool on);
+ZCOW_API bool zcow_create_opts_get_compress(const zcow_create_opts *o);
 
 /* ---- Writing images --------------------------------------------------------------------- */
 
@@ -317,7 +324,11 @@ ZCOW_API const char *zcow_convert_opts_get_src_format(const zcow_convert_opts *o
 ZCOW_API int zcow_convert_opts_set_dst(zcow_convert_opts *o, const char *dst);
 ZCOW_API const char *zcow_convert_opts_get_dst(const zcow_convert_opts *o);
 
-/* "qcow2" (the default: compressed) or "raw" (a restore: sparse raw). */
+/* "qcow2" (the default: compressed unless the create options say
+ * otherwise) or "raw" (a restore: a sparse raw file; a block device or an
+ * NBD URI, always raw, is written in place: it must hold the whole source,
+ * an export is flushed at the end, and a failed conversion leaves either
+ * partly written, as its message says). */
 ZCOW_API int zcow_convert_opts_set_dst_format(zcow_convert_opts *o, const char *format);
 ZCOW_API const char *zcow_convert_opts_get_dst_format(const zcow_convert_opts *o);
 
@@ -342,6 +353,14 @@ typedef void zcow_progress_fn(void *opaque, uint64_t done, uint64_t total);
 ZCOW_API int zcow_convert_opts_set_progress(zcow_convert_opts *o, zcow_progress_fn *fn,
                                             void *opaque);
 
+/* The destination, an existing block device or NBD export, already reads
+ * as zero (a promise, as qemu-img convert's --target-is-zero): its zero
+ * stretches are not written.  Default false: they are zeroed.  zcow_convert()
+ * refuses it with -EINVAL for a destination it creates (a file), which
+ * reads as zero anyway.  Since 0.3. */
+ZCOW_API int zcow_convert_opts_set_target_is_zero(zcow_convert_opts *o, bool on);
+ZCOW_API bool zcow_convert_opts_get_target_is_zero(const zcow_convert_opts *o);
+
 /* Incremental backups: NULL (the default), or the name of a dirty bitmap
  * of the NBD source (meta context "qemu:dirty-bitmap:NAME").  Only its
  * dirty clusters are copied (a cluster partly dirty, whole); the clean
@@ -350,9 +369,10 @@ ZCOW_API int zcow_convert_opts_set_progress(zcow_convert_opts *o, zcow_progress_
 ZCOW_API int zcow_convert_opts_set_bitmap(zcow_convert_opts *o, const char *name);
 ZCOW_API const char *zcow_convert_opts_get_bitmap(const zcow_convert_opts *o);
 
-/* TLS for an NBD source: nbds:// and nbds+unix:// only, where TLS is
- * required and never falls back to plaintext (with any other source these
- * make zcow_convert() fail with -EINVAL).  NULL (the default) leaves a
+/* TLS for an NBD source or destination: nbds:// and nbds+unix:// only,
+ * where TLS is required and never falls back to plaintext (with no such
+ * source or destination these make zcow_convert() fail with -EINVAL; when
+ * both are NBD they are for the one with TLS).  NULL (the default) leaves a
  * setting to the URI and libnbd's defaults.  The URI's own values win over
  * these: libnbd applies them on connecting, after these are set
  * (tls-certificates=DIR, tls-psk-file=FILE, the NAME of
@@ -444,8 +464,7 @@ ZCOW_API int zcow_backup_opts_set_convert(zcow_backup_opts *o, const zcow_conver
 /* One line for the user per decision and per point made ("vda: full
  * backup: no previous point"); FN NULL (the default): none. */
 typedef void zcow_message_fn(void *opaque, const char *line);
-ZCOW_API int zcow_backup_opts_set_messages(zcow_backup_opts *o, zcow_message_fn *fn,
-                                           void *opaque);
+ZCOW_API int zcow_backup_opts_set_messages(zcow_backup_opts *o, zcow_message_fn *fn, void *opaque);
 
 /* Take the backup.  Errors name the directory, the VM or the disk and the
  * cause: -EBUSY when another zcow uses the directory, -EINVAL for an
@@ -460,8 +479,10 @@ ZCOW_API int zcow_backup(const zcow_backup_opts *o);
 ZCOW_API int zcow_backup_list(const char *dir, char **json);
 
 /* Restore point POINT (0: the latest) of DISK (NULL: DIR's only disk) as
- * C says: its destination and format (raw: a sparse file or a block
- * device) and the rest; its source is the point. */
+ * C says: its destination and format (raw: a sparse file, a block device
+ * or an NBD export; qcow2: an image, uncompressed when C's create options
+ * say compress off) and the rest; its source is the point, whose chain is
+ * read once, never flattened to an intermediate file. */
 ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
                                  const zcow_convert_opts *c);
 

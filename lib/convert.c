@@ -16,10 +16,15 @@
 #include "engine.h"
 #include "error.h"
 #include "image.h"
-#include "reader.h"
 #include "options.h"
+#include "reader.h"
 #include "source.h"
 #include "zcow.h"
+
+static bool is_tls_uri(const char *name)
+{
+    return !strncmp(name, "nbds://", 7) || !strncmp(name, "nbds+unix://", 12);
+}
 
 /* Copy SRC to O->dst as DST_FORMAT. */
 static int copy(const struct zcow_convert_options *o, struct source *src, const char *dst_format,
@@ -41,6 +46,12 @@ static int copy(const struct zcow_convert_options *o, struct source *src, const 
     st->clusters_copied = es.clusters_copied;
     if (r == 0)
         r = dst->ops->commit(dst, st);
+    if (r < 0 && dst->in_place) {
+        /* Nothing to remove or rename back: the user must know. */
+        char cause[1024];
+        snprintf(cause, sizeof(cause), "%s", zcow_get_error());
+        r = zerr(-r, "%s ('%s' is left partly written)", cause, o->dst);
+    }
     dest_close(dst);
     if (r == 0 && o->progress)
         o->progress(o->progress_opaque, size, size);
@@ -137,16 +148,24 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     struct source *src;
-    /* A dirty bitmap and TLS settings are for NBD sources (read as raw). */
-    const struct zcow_nbd_tls *tls = &o->nbd_tls;
-    bool nbd_only = o->bitmap || tls->certificates || tls->psk_file || tls->username;
-    if (nbd_only && !source_is_nbd(o->src))
-        return zerr(EINVAL, "'%s': TLS settings need an NBD source (nbds://, nbds+unix://)",
+    /* TLS settings are for the NBD source or destination, or the one of
+     * them with TLS when both are NBD; a dirty bitmap for an NBD source
+     * (read as raw). */
+    const struct zcow_nbd_tls given = o->nbd_tls, *tls = &given;
+    bool has_tls = tls->certificates || tls->psk_file || tls->username;
+    bool src_nbd = source_is_nbd(o->src), dst_nbd = source_is_nbd(o->dst);
+    if (has_tls && !src_nbd && !dst_nbd)
+        return zerr(EINVAL,
+                    "'%s': TLS settings need an NBD source or destination (nbds://, "
+                    "nbds+unix://)",
                     o->src);
-    if (nbd_only && o->src_format && strcmp(o->src_format, "raw"))
+    bool src_tls = src_nbd && (!dst_nbd || is_tls_uri(o->src));
+    if (!dst_nbd || (src_nbd && !is_tls_uri(o->dst)))
+        oc.nbd_tls = (struct zcow_nbd_tls){ NULL, NULL, NULL };
+    if (src_nbd && (o->bitmap || src_tls) && o->src_format && strcmp(o->src_format, "raw"))
         return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", o->src, o->src_format);
-    if (nbd_only)
-        r = source_nbd_open(o->src, o->bitmap, tls, &src);
+    if (src_nbd && (o->bitmap || src_tls))
+        r = source_nbd_open(o->src, o->bitmap, src_tls ? tls : NULL, &src);
     else
         r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
     if (r < 0)
@@ -157,7 +176,7 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     struct stat sb;
-    if (r == 0 && stat(o->dst, &sb) == 0)
+    if (r == 0 && stat(o->dst, &sb) == 0 && S_ISREG(sb.st_mode))
         st->bytes_out = (uint64_t)sb.st_size;
     return r;
 }

@@ -1,6 +1,6 @@
-/* dest.h - what a copy writes to: a compressed qcow2 image (dest_qcow2.c),
- * a raw file or a block device (dest_raw.c); an NBD export is one more
- * file implementing these ops.
+/* dest.h - what a copy writes to: a qcow2 image, compressed or not
+ * (dest_qcow2.c), a raw file or a block device (dest_raw.c), an NBD export
+ * (dest_nbd.c).
  *
  * The destination side of the copy engine (engine.h), beside the source
  * ops (source.h).  The engine calls write, zero and write_compressed from
@@ -54,26 +54,36 @@ struct dest {
                                    stretches are not passed, and long ones
                                    not even visited */
     bool compresses;        /* writing costs more CPU than reading */
+    bool in_place;          /* written in place, not renamed into place: a
+                                   failed copy leaves it partly written */
     int compression_type;   /* of write_compressed's streams */
     uint32_t cluster_size;  /* of write_compressed's clusters */
     void *priv;
 };
 
-/* Open O->dst as FORMAT ("qcow2" or "raw") to hold SIZE bytes. */
+/* Open O->dst as FORMAT ("qcow2" or "raw"; an NBD URI is raw) to hold
+ * SIZE bytes.  O->target_is_zero is refused (-EINVAL) for a destination
+ * made new (a file), which reads as zero anyway. */
 int dest_open(const struct zcow_convert_options *o, const char *format, uint64_t size,
               struct dest **out);
 void dest_close(struct dest *d);
 
 /* The kinds (each in its own file). */
 
-/* A compressed qcow2 image of SIZE bytes (rounded up to 512) at O->dst,
- * with O->create's settings, written to a temporary name and renamed on
- * commit. */
+/* A qcow2 image of SIZE bytes (rounded up to 512) at O->dst, with
+ * O->create's settings (compressed unless create.uncompressed), written to
+ * a temporary name and renamed on commit. */
 int dest_qcow2_open(const struct zcow_convert_options *o, uint64_t size, struct dest **out);
 
 /* O->dst as raw bytes: a block device is written in place (it must hold
- * SIZE bytes; its zeros are written); a file is made under a temporary
- * name, sparse (zeros left as holes), cut to SIZE and renamed on commit. */
+ * SIZE bytes; its zeros are zeroed, BLKZEROOUT, unless O->target_is_zero);
+ * a file is made under a temporary name, sparse (zeros left as holes), cut
+ * to SIZE and renamed on commit. */
 int dest_raw_open(const struct zcow_convert_options *o, uint64_t size, struct dest **out);
+
+/* The NBD export O->dst (an NBD URI; TLS settings O->nbd_tls), written in
+ * place: it must be writable and hold SIZE bytes; zero stretches are
+ * zeroed where they do not read as zero, unless O->target_is_zero. */
+int dest_nbd_open(const struct zcow_convert_options *o, uint64_t size, struct dest **out);
 
 #endif

@@ -1,7 +1,9 @@
-/* dest_qcow2.c - a compressed qcow2 image as a copy destination, through
- * the public writer API (zcow_create, zcow_write, ...): each data stretch
- * is compressed cluster by cluster in the calling thread and placed by the
- * writer's allocator and write cache. */
+/* dest_qcow2.c - a qcow2 image as a copy destination, through the public
+ * writer API (zcow_create, zcow_write, ...): each data stretch is
+ * compressed cluster by cluster in the calling thread and placed by the
+ * writer's allocator and write cache; or, uncompressed (create.uncompressed,
+ * an image to run a VM from), written as runs of normal clusters, zeros
+ * left unallocated.  Either way under a temporary name, renamed on commit. */
 #include <errno.h>
 #include <stdlib.h>
 
@@ -72,6 +74,17 @@ static const struct dest_ops qcow2_ops = {
     .close = q_close,
 };
 
+/* Uncompressed: compressed clusters of the source are read and written
+ * as data. */
+static const struct dest_ops qcow2_plain_ops = {
+    .name = "qcow2",
+    .write = q_write,
+    .zero = q_zero,
+    .write_compressed = NULL,
+    .commit = q_commit,
+    .close = q_close,
+};
+
 int dest_qcow2_open(const struct zcow_convert_options *o, uint64_t size, struct dest **out)
 {
     *out = NULL;
@@ -82,13 +95,13 @@ int dest_qcow2_open(const struct zcow_convert_options *o, uint64_t size, struct 
     if (!q)
         return zerr(ENOMEM, "out of memory");
     struct dest *d = &q->d;
-    d->ops = &qcow2_ops;
+    d->ops = copts.uncompressed ? &qcow2_plain_ops : &qcow2_ops;
     d->name = o->dst;
     d->size = copts.virtual_size;
     d->cluster_size = copts.cluster_size ? copts.cluster_size : 65536;
     d->granularity = d->cluster_size;
     d->compression_type = copts.compression_type;
-    d->compresses = true;
+    d->compresses = !copts.uncompressed;
     /* Unallocated clusters read from the backing file, if there is one. */
     d->unwritten_is_zero = !copts.backing_file;
     d->priv = q;

@@ -3,10 +3,14 @@
  * A file is new (made under a temporary name beside the destination and
  * renamed over it on commit): zero stretches and all-zero blocks are left
  * as holes, and ftruncate sets its length at the end.  A block device is
- * written in place and holds old data, so its zeros are written too
- * (BLKZEROOUT, else zeros). */
+ * written in place (never truncated nor renamed) and holds old data, so its
+ * zero stretches are zeroed too: with BLKZEROOUT (the kernel uses the
+ * device's write-zeroes or writes zeros itself), or by writing zeros where
+ * the ioctl is not supported; or, when the caller promises the device
+ * reads as zero (target_is_zero), left alone. */
 #include <errno.h>
 #include <linux/fs.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -24,7 +28,9 @@ struct rdest {
     struct dest d;
     struct blk out;
     bool blockdev;
-    uint8_t *zeros; /* ZERO_BUF bytes, for a block device */
+    uint32_t sector;        /* the device's logical block size */
+    atomic_bool no_zeroout; /* BLKZEROOUT is not supported: write zeros */
+    uint8_t *zeros;         /* ZERO_BUF bytes, for a block device */
 };
 
 /* A file: the blocks of BUF that are not all zero, in runs; the length is
@@ -62,9 +68,18 @@ static int r_write(struct dest *d, uint64_t off, const void *buf, size_t len)
 static int r_zero(struct dest *d, uint64_t off, uint64_t len)
 {
     struct rdest *rd = d->priv;
-    uint64_t range[2] = { off, len };
-    if (!(off % 512) && !(len % 512) && ioctl(rd->out.fd, BLKZEROOUT, range) == 0)
-        return 0;
+    /* BLKZEROOUT takes whole logical blocks; the end of a disk that is not
+     * a multiple of them is written. */
+    bool aligned = !(off % rd->sector) && !(len % rd->sector);
+    if (aligned && !atomic_load(&rd->no_zeroout)) {
+        uint64_t range[2] = { off, len };
+        if (ioctl(rd->out.fd, BLKZEROOUT, range) == 0)
+            return 0;
+        if (errno != EOPNOTSUPP && errno != ENOTTY)
+            return zerr_sys(errno, "cannot zero %llu bytes at offset %llu of '%s' (BLKZEROOUT)",
+                            (unsigned long long)len, (unsigned long long)off, d->name);
+        atomic_store(&rd->no_zeroout, true);
+    }
     while (len > 0) {
         size_t n = len < ZERO_BUF ? (size_t)len : ZERO_BUF;
         int e = blk_pwrite(&rd->out, rd->zeros, n, off);
@@ -120,7 +135,15 @@ int dest_raw_open(const struct zcow_convert_options *o, uint64_t size, struct de
     d->priv = rd;
     struct stat sb;
     rd->blockdev = stat(o->dst, &sb) == 0 && S_ISBLK(sb.st_mode);
-    d->unwritten_is_zero = !rd->blockdev;
+    if (o->target_is_zero && !rd->blockdev) {
+        free(rd);
+        return zerr(EINVAL,
+                    "'%s': target-is-zero is for a block device or an NBD export (a new file "
+                    "reads as zero anyway)",
+                    o->dst);
+    }
+    d->unwritten_is_zero = !rd->blockdev || o->target_is_zero;
+    d->in_place = rd->blockdev;
     if (rd->blockdev && !(rd->zeros = blk_zalloc(ZERO_BUF))) {
         free(rd);
         return zerr(ENOMEM, "out of memory");
@@ -133,6 +156,9 @@ int dest_raw_open(const struct zcow_convert_options *o, uint64_t size, struct de
         return e;
     }
     if (rd->blockdev) {
+        int sector = 0;
+        rd->sector =
+            ioctl(rd->out.fd, BLKSSZGET, &sector) == 0 && sector > 0 ? (uint32_t)sector : 512;
         int64_t dev_size = blk_size(&rd->out);
         if (dev_size >= 0 && (uint64_t)dev_size < size) {
             e = zerr(ENOSPC,

@@ -305,6 +305,68 @@ int nbdc_error(const struct nbdc *ns, struct nbdc_conn *c, const char *what, uin
                 (unsigned long long)off, nbdc_msg());
 }
 
+/* ---- requests ------------------------------------------------------------------ */
+
+static const char *const op_names[] = { "read", "write", "write zeroes" };
+
+static int request_done(void *opaque, int *error)
+{
+    struct nbdc_conn *c = opaque;
+    if (*error && !c->err)
+        c->err = *error;
+    c->pending--;
+    return 1; /* retire the command */
+}
+
+int nbdc_issue(const struct nbdc *ns, struct nbdc_conn *c, enum nbdc_op op, void *buf, uint64_t len,
+               uint64_t off, uint64_t req)
+{
+    uint8_t *p = buf;
+    while (len > 0) {
+        while (c->pending >= NBDC_MAX_IN_FLIGHT) {
+            if (nbd_poll(c->h, -1) < 0)
+                return nbdc_error(ns, c, op_names[op], off);
+        }
+        uint64_t n = len < req ? len : req;
+        nbd_completion_callback cb = { .callback = request_done, .user_data = c };
+        int64_t r = op == NBDC_READ    ? nbd_aio_pread(c->h, p, (size_t)n, off, cb, 0)
+                    : op == NBDC_WRITE ? nbd_aio_pwrite(c->h, p, (size_t)n, off, cb, 0)
+                                       : nbd_aio_zero(c->h, n, off, cb, 0);
+        if (r < 0)
+            return nbdc_error(ns, c, op_names[op], off);
+        c->pending++;
+        if (p)
+            p += n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int nbdc_wait(const struct nbdc *ns, struct nbdc_conn *c, enum nbdc_op op, int err, uint64_t off)
+{
+    while (c->pending > 0) {
+        if (nbd_poll(c->h, -1) < 0) {
+            /* A dead connection completes nothing more. */
+            int e = nbdc_error(ns, c, op_names[op], off);
+            c->pending = 0;
+            c->err = 0;
+            return err < 0 ? err : e;
+        }
+    }
+    if (c->err) {
+        int e = c->err;
+        c->err = 0;
+        if (err < 0)
+            return err;
+        if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
+            return nbdc_error(ns, c, op_names[op], off);
+        return zerr(e, "'%s': the server failed a %s near offset %llu: %s", ns->uri, op_names[op],
+                    (unsigned long long)off, strerror(e));
+    }
+    return err;
+}
+
 /* ---- TLS settings ------------------------------------------------------------ */
 
 /* Is DIR/ca-cert.pem readable (errno set when not)? */

@@ -82,6 +82,20 @@ int nbdc_connect(struct nbdc *c, long timeout_ms);
 struct nbdc_conn *nbdc_get(struct nbdc *c);
 void nbdc_put(struct nbdc *c, struct nbdc_conn *conn);
 
+/* Requests in flight on one connection at most. */
+#define NBDC_MAX_IN_FLIGHT 64
+
+enum nbdc_op { NBDC_READ, NBDC_WRITE, NBDC_ZERO };
+
+/* Issue OP over [OFF, OFF+LEN) on CONN, held by the caller, as requests of
+ * at most REQ bytes (BUF: where to read into or write from; NULL for
+ * NBDC_ZERO, NBD_CMD_WRITE_ZEROES), keeping at most NBDC_MAX_IN_FLIGHT in
+ * flight, without waiting for the last ones.  Then nbdc_wait(), with what
+ * this returned as ERR (the first failure wins; OFF names where). */
+int nbdc_issue(const struct nbdc *c, struct nbdc_conn *conn, enum nbdc_op op, void *buf,
+               uint64_t len, uint64_t off, uint64_t req);
+int nbdc_wait(const struct nbdc *c, struct nbdc_conn *conn, enum nbdc_op op, int err, uint64_t off);
+
 /* Bytes per read or write request: WANT, capped by the server's maximum
  * block size (asked on the first connection) and the protocol's 32 MiB. */
 uint64_t nbdc_request_bytes(const struct nbdc *c, uint64_t want);

@@ -190,6 +190,27 @@ int zcow_create_opts_set_drop_pages(zcow_create_opts *o, bool on)
     return 0;
 }
 
+int zcow_create_opts_set_compress(zcow_create_opts *o, bool on)
+{
+    MISSING(o);
+    o->uncompressed = !on;
+    return 0;
+}
+
+bool zcow_create_opts_get_compress(const zcow_create_opts *o) { return !o->uncompressed; }
+
+int zcow_convert_opts_set_target_is_zero(zcow_convert_opts *o, bool on)
+{
+    MISSING(o);
+    o->target_is_zero = on;
+    return 0;
+}
+
+bool zcow_convert_opts_get_target_is_zero(const zcow_convert_opts *o)
+{
+    return o->target_is_zero != 0;
+}
+
 int create_options_check_cache_clusters(unsigned clusters)
 {
     if (clusters > MAX_CACHE_CLUSTERS)

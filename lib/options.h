@@ -29,6 +29,8 @@ struct zcow_create_options {
     int drop_pages;             /* with ZCOW_CACHE_WRITEBACK: drop each written
                                    host cluster from the page cache */
     unsigned cache_clusters;    /* bound on cached host clusters; 0 = default */
+    int uncompressed;           /* 1: data clusters are written as they are
+                                   (an image to run a VM from); 0: compressed */
     int atomic;                 /* 1: write a temporary file beside the path and
                                    rename it over the path on a successful
                                    zcow_close(); removed by zcow_abort() */
@@ -47,7 +49,8 @@ struct zcow_convert_options {
     const char *src;        /* file, block device, qcow2 image, NBD URI */
     const char *src_format; /* "raw", "qcow2", NULL to probe */
     const char *dst;
-    const char *dst_format;            /* "qcow2" (default, compressed) or "raw" */
+    const char *dst_format;            /* "qcow2" (default) or "raw" (a file, a
+                                          block device or an NBD export) */
     struct zcow_create_options create; /* for qcow2 output; virtual_size and
                                           atomic are set by the conversion */
     int threads;                       /* 0: the online CPUs */
@@ -59,7 +62,10 @@ struct zcow_convert_options {
                                    only its dirty clusters are copied, the
                                    clean ones are left to the backing file,
                                    which create.backing_file must name */
-    struct zcow_nbd_tls nbd_tls; /* for nbds:// and nbds+unix:// */
+    struct zcow_nbd_tls nbd_tls; /* for nbds:// and nbds+unix:// (source or
+                                    destination) */
+    int target_is_zero;          /* an existing destination reads as zero:
+                                    its zero stretches are not written */
 };
 
 struct zcow_convert_stats {

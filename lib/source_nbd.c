@@ -77,63 +77,6 @@ struct nbd_src {
     struct bs_cache *caches;
 };
 
-/* ---- reads ------------------------------------------------------------------ */
-
-static int read_done(void *opaque, int *error)
-{
-    struct nbdc_conn *c = opaque;
-    if (*error && !c->err)
-        c->err = *error;
-    c->pending--;
-    return 1; /* retire the command */
-}
-
-/* Issue a read of [OFF, OFF+LEN) into BUF as requests of req_bytes,
- * without waiting for them.  Keeps at most 64 in flight. */
-static int read_issue(struct nbd_src *ns, struct nbdc_conn *c, uint8_t *buf, uint64_t len,
-                      uint64_t off)
-{
-    while (len > 0) {
-        while (c->pending >= 64) {
-            if (nbd_poll(c->h, -1) < 0)
-                return nbdc_error(&ns->c, c, "read", off);
-        }
-        uint64_t n = len < ns->req_bytes ? len : ns->req_bytes;
-        nbd_completion_callback cb = { .callback = read_done, .user_data = c };
-        if (nbd_aio_pread(c->h, buf, (size_t)n, off, cb, 0) < 0)
-            return nbdc_error(&ns->c, c, "read", off);
-        c->pending++;
-        buf += n;
-        off += n;
-        len -= n;
-    }
-    return 0;
-}
-
-/* Wait for every request in flight on C; the first failure is returned. */
-static int read_wait(struct nbd_src *ns, struct nbdc_conn *c, int err, uint64_t off)
-{
-    while (c->pending > 0) {
-        if (nbd_poll(c->h, -1) < 0) {
-            /* A dead connection completes nothing more. */
-            int e = nbdc_error(&ns->c, c, "read", off);
-            c->pending = 0;
-            return err < 0 ? err : e;
-        }
-    }
-    if (err < 0)
-        return err;
-    if (c->err) {
-        int e = c->err;
-        c->err = 0;
-        if (nbd_aio_is_dead(c->h) || nbd_aio_is_closed(c->h))
-            return nbdc_error(&ns->c, c, "read", off);
-        return zerr(e, "'%s': the server failed a read near offset %llu: %s", ns->uri,
-                    (unsigned long long)off, strerror(e));
-    }
-    return 0;
-}
-
 /* ---- block status ---------------------------------------------------------- */
 
 static int runs_push(struct runs *r, uint64_t end, uint32_t flags)
@@ -259,8 +202,6 @@ static int nbd_src_pread(struct source *s, void *buf, size_t len, uint64_t off)
     if (ns->base_alloc && !bc)
         return zerr(ENOMEM, "out of memory");
     struct nbdc_conn *c = nbdc_get(&ns->c);
-    c->pending = 0;
-    c->err = 0;
     int e = 0;
     uint64_t done = 0;
     while (done < n && e == 0) {
@@ -279,10 +220,10 @@ static int nbd_src_pread(struct source *s, void *buf, size_t len, uint64_t off)
         if (zero)
             memset(p + done, 0, (size_t)piece);
         else
-            e = read_issue(ns, c, p + done, piece, off + done);
+            e = nbdc_issue(&ns->c, c, NBDC_READ, p + done, piece, off + done, ns->req_bytes);
         done += piece;
     }
-    e = read_wait(ns, c, e, off);
+    e = nbdc_wait(&ns->c, c, NBDC_READ, e, off);
     nbdc_put(&ns->c, c);
     return e;
 }

@@ -56,6 +56,7 @@ struct writer {
     uint32_t cluster_size;
     uint64_t virtual_size;
     int type, level;
+    bool compress; /* false: data clusters are written as they are */
     bool use_cache;
 
     pthread_mutex_t lock;
@@ -308,7 +309,8 @@ static int flush_normal_run(struct writer *w, struct normal_run *run)
 }
 
 /* One cluster: zero, compressed, or (returned as 1) left to the caller
- * to store uncompressed.  IN holds a whole cluster. */
+ * to store uncompressed (incompressible, or the image is not compressed).
+ * IN holds a whole cluster. */
 static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, struct tl_bufs *t)
 {
     if (buf_is_zero(in, w->cluster_size)) {
@@ -316,6 +318,8 @@ static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, st
         /* Over a backing file, zeros must be stated; alone, a hole is zero. */
         return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0, 1) : 0;
     }
+    if (!w->compress)
+        return 1;
     /* QEMU's rule: compressed data must be smaller than a cluster. */
     int clen = codec_compress(w->type, w->level, in, w->cluster_size, t->out, w->cluster_size - 1);
     if (clen == -ENOSPC)
@@ -563,6 +567,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     w->virtual_size = o->virtual_size;
     w->type = o->compression_type;
     w->level = codec_resolve_level(o->compression_type, o->level);
+    w->compress = !o->uncompressed;
     w->use_cache = o->write_cache != 0;
     qcow2_alloc_init(&w->alloc, bits, REFCOUNT_ORDER);
     uint64_t l2_span = (uint64_t)w->cluster_size * (w->cluster_size / 8);

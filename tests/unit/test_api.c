@@ -51,6 +51,7 @@ static void test_create_opts(void)
     CHECK(zcow_create_opts_get_cache_mode(o) == ZCOW_CACHE_NONE);
     CHECK(zcow_create_opts_get_write_cache(o) == true);
     CHECK(zcow_create_opts_get_drop_pages(o) == false);
+    CHECK(zcow_create_opts_get_compress(o) == true);
     CHECK(zcow_create_opts_get_cache_clusters(o) == 0);
     CHECK(zcow_create_opts_get_atomic(o) == false);
     CHECK(zcow_create_opts_get_backing_file(o) == NULL);
@@ -104,6 +105,7 @@ static void test_create_opts(void)
     CHECK(zcow_create_opts_set_write_cache(o, false) == 0 && !zcow_create_opts_get_write_cache(o));
     CHECK(zcow_create_opts_set_drop_pages(o, true) == 0 && zcow_create_opts_get_drop_pages(o));
     CHECK(zcow_create_opts_set_atomic(o, true) == 0 && zcow_create_opts_get_atomic(o));
+    CHECK(zcow_create_opts_set_compress(o, false) == 0 && !zcow_create_opts_get_compress(o));
 
     /* cache_clusters: bounded, as the cache's hash table is sized from it. */
     CHECK(zcow_create_opts_set_cache_clusters(o, 1u << 20) == 0);
@@ -158,6 +160,7 @@ static void test_convert_opts(void)
     CHECK(zcow_convert_opts_get_threads(o) == 0);
     CHECK(zcow_convert_opts_get_src_cache(o) == ZCOW_CACHE_NONE);
     CHECK(zcow_convert_opts_get_bitmap(o) == NULL);
+    CHECK(zcow_convert_opts_get_target_is_zero(o) == false);
     CHECK(zcow_convert_opts_get_tls_certificates(o) == NULL);
     CHECK(zcow_convert_opts_get_tls_psk_file(o) == NULL);
     CHECK(zcow_convert_opts_get_tls_username(o) == NULL);
@@ -203,6 +206,8 @@ static void test_convert_opts(void)
     CHECK(same(zcow_convert_opts_get_bitmap(o), "b0"));
     REFUSED(zcow_convert_opts_set_bitmap(o, ""), "bitmap ''");
     CHECK(zcow_convert_opts_set_bitmap(o, NULL) == 0 && !zcow_convert_opts_get_bitmap(o));
+    CHECK(zcow_convert_opts_set_target_is_zero(o, true) == 0 &&
+          zcow_convert_opts_get_target_is_zero(o));
     CHECK(zcow_convert_opts_set_tls_certificates(o, "/etc/pki/x") == 0);
     CHECK(zcow_convert_opts_set_tls_psk_file(o, "/etc/x.psk") == 0);
     CHECK(zcow_convert_opts_set_tls_username(o, "alice") == 0);
