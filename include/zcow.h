@@ -178,7 +178,11 @@ ZCOW_API int zcow_create(const char *path, const zcow_create_opts *opts, zcow_im
  * cluster size, or less for the last cluster of the image (the rest reads
  * as zero).  The data is compressed in the calling thread; a cluster that
  * does not shrink is stored uncompressed; an all-zero cluster is left
- * unallocated.  Each guest cluster may be written once: -EEXIST otherwise.
+ * unallocated (a zero cluster over a backing file).  A cluster written
+ * again (by this call, zcow_write() or zcow_write_compressed()) replaces
+ * the first version, whose space is freed: refcounts counted down, whole
+ * clusters given back to the file system at close, never reused (before
+ * 0.3: -EEXIST).
  * After an I/O error every later call returns that error (sticky). */
 ZCOW_API int zcow_write_cluster(zcow_image *img, uint64_t guest_offset, const void *buf,
                                 size_t len);
@@ -197,8 +201,10 @@ ZCOW_API int zcow_write_compressed(zcow_image *img, uint64_t guest_offset, const
                                    size_t clen);
 
 /* Read LEN guest bytes at OFFSET, from an image being written (served from
- * the write cache where the bytes are still there) or one opened for
- * reading.  Returns 0 or a negative errno. */
+ * the write cache where the bytes are still there, from the backing file
+ * where a cluster was not written: the last write of each cluster, once
+ * its call returned) or one opened for reading.  Returns 0 or a negative
+ * errno. */
 ZCOW_API int zcow_read(zcow_image *img, uint64_t offset, void *buf, size_t len);
 
 /* Write everything cached so far, complete or not, and the metadata known

@@ -373,6 +373,12 @@ void blk_drop_range(struct blk *b, uint64_t off, uint64_t len)
     posix_fadvise(b->fd, (off_t)off, (off_t)len, POSIX_FADV_DONTNEED);
 }
 
+void blk_punch(struct blk *b, uint64_t off, uint64_t len)
+{
+    if (!b->is_blockdev)
+        (void)fallocate(b->fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, (off_t)off, (off_t)len);
+}
+
 int blk_fsync(struct blk *b)
 {
     if (fault_fsync(b->fd) != 0)

@@ -73,6 +73,10 @@ int blk_pwrite_rmw(struct blk *b, struct blk_rmw *m, const void *buf, size_t len
 /* Write back and drop [OFF, OFF+LEN) from the page cache (when drop_pages). */
 void blk_drop_range(struct blk *b, uint64_t off, uint64_t len);
 
+/* Give [OFF, OFF+LEN) of a regular file back to the file system (a hole;
+ * the size stays).  Best effort: where holes cannot be made, nothing. */
+void blk_punch(struct blk *b, uint64_t off, uint64_t len);
+
 int blk_fsync(struct blk *b);
 int64_t blk_size(struct blk *b);
 

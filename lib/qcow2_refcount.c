@@ -100,6 +100,8 @@ void qcow2_alloc_free(struct qcow2_alloc *a)
         free(a->rc_blocks[i]);
     free(a->rc_blocks);
     free(a->reftable);
+    free(a->late.k);
+    free(a->freed.k);
     memset(a, 0, sizeof(*a));
 }
 
@@ -152,6 +154,55 @@ static int rc_inc(struct qcow2_alloc *a, uint64_t k)
         return zerr(ENOMEM, "out of memory for refcounts");
     uint64_t i = k % a->rc_entries;
     qcow2_refcount_set(blk, a->order, i, qcow2_refcount_get(blk, a->order, i) + 1);
+    return 0;
+}
+
+int qcow2_clusters_add(struct qcow2_clusters *l, uint64_t k)
+{
+    if (l->n == l->cap) {
+        uint64_t cap = l->cap ? l->cap * 2 : 64;
+        uint64_t *nk = realloc(l->k, cap * sizeof(*nk));
+        if (!nk)
+            return zerr(ENOMEM, "out of memory for refcounts");
+        l->k = nk;
+        l->cap = cap;
+    }
+    l->k[l->n++] = k;
+    return 0;
+}
+
+static int cmp_u64(const void *x, const void *y)
+{
+    uint64_t a = *(const uint64_t *)x, b = *(const uint64_t *)y;
+    return (a > b) - (a < b);
+}
+
+void qcow2_clusters_sort(struct qcow2_clusters *l)
+{
+    if (l->n > 1)
+        qsort(l->k, l->n, sizeof(*l->k), cmp_u64);
+}
+
+int qcow2_alloc_unref(struct qcow2_alloc *a, uint64_t first, uint64_t last)
+{
+    for (uint64_t k = first; k <= last; k++) {
+        uint64_t b = k / a->rc_entries;
+        int r;
+        if (b < a->rc_first) { /* its block is written: apply at the end */
+            if ((r = qcow2_clusters_add(&a->late, k)) < 0)
+                return r;
+            continue;
+        }
+        uint64_t rc = qcow2_alloc_refcount(a, k);
+        if (rc == 0 || k >= a->next_cluster)
+            return zerr(EIO, "internal error: host cluster %llu has no reference to drop",
+                        (unsigned long long)k);
+        uint8_t *blk = a->rc_blocks[b - a->rc_first];
+        qcow2_refcount_set(blk, a->order, k % a->rc_entries, rc - 1);
+        bool open = a->cbyte && (a->cbyte >> a->cluster_bits) == k;
+        if (rc == 1 && !open && (r = qcow2_clusters_add(&a->freed, k)) < 0)
+            return r;
+    }
     return 0;
 }
 

@@ -76,6 +76,12 @@ struct qcow2_alloc {
     unsigned rc_n, rc_cap;
     uint64_t *reftable; /* block offsets, host order; 0: none yet */
     uint64_t reftable_len, reftable_cap;
+    /* References dropped by rewrites (qcow2_alloc_unref()). */
+    struct qcow2_clusters {
+        uint64_t *k; /* host cluster indexes */
+        uint64_t n, cap;
+    } late,    /* in blocks already handed out: to apply to the written block */
+        freed; /* counted down to zero in memory, for good */
 };
 
 /* A refcount block handed out to be written: BUF (one cluster, aligned
@@ -124,6 +130,23 @@ int qcow2_alloc_finish(struct qcow2_alloc *a, struct qcow2_refblock **out, uint6
 /* The refcount of host cluster K as counted so far (0 for a block that
  * was handed out: the caller then has it). */
 uint64_t qcow2_alloc_refcount(const struct qcow2_alloc *a, uint64_t k);
+
+/* A guest cluster written again: drop one reference from each host
+ * cluster FIRST..LAST its old data touched (a data cluster, or the one or
+ * two clusters of a compressed stream).  Counted down in memory where the
+ * cluster's block still is; for a block already handed out, the cluster
+ * goes to A->late, which the caller applies to the written block before
+ * the end.  A cluster whose count reaches zero in memory goes to A->freed
+ * (its space may be given back to the file system at the end) unless it
+ * is the open compressed cluster, which may gain references again.  The
+ * space is never handed out again: the allocator only moves forward, so
+ * a write still in flight to the old place harms nothing.  Returns 0,
+ * -ENOMEM, or -EIO for a count already zero (a bug). */
+int qcow2_alloc_unref(struct qcow2_alloc *a, uint64_t first, uint64_t last);
+
+/* Append K to L (-ENOMEM); sort L's indexes in place. */
+int qcow2_clusters_add(struct qcow2_clusters *l, uint64_t k);
+void qcow2_clusters_sort(struct qcow2_clusters *l);
 
 /* Free a list of handed-out blocks (after writing them, or on failure). */
 void qcow2_refblocks_free(struct qcow2_refblock *list);

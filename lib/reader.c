@@ -743,8 +743,7 @@ static int fail(const struct chain *c, int err, const char *fmt, ...)
     return zerr(err, "%s: %s", c->what, what);
 }
 
-/* Backing names are relative to the directory of the image naming them. */
-static char *resolve_backing(const char *image, const char *name)
+char *reader_resolve_backing(const char *image, const char *name)
 {
     const char *slash = strrchr(image, '/');
     if (name[0] == '/' || !slash)
@@ -933,7 +932,7 @@ static int open_qcow2(struct reader *r, const uint8_t *first, size_t first_len, 
             e = fail(c, ENOTSUP, "backing file '%s' is not a file name", r->backing_name);
             goto out;
         }
-        r->backing_path = resolve_backing(r->path, r->backing_name);
+        r->backing_path = reader_resolve_backing(r->path, r->backing_name);
         if (!r->backing_path) {
             e = zerr(ENOMEM, "out of memory");
             goto out;

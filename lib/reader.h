@@ -46,6 +46,9 @@ void reader_set_exact(struct reader *r);
 /* L2 table lookups made so far by R and its backing files (tests count
  * them to prove a walk's cost). */
 uint64_t reader_l2_lookups(const struct reader *r);
+/* NAME, a backing file named by the image at IMAGE, resolved as QEMU does:
+ * relative to IMAGE's directory (malloc'd; NULL when out of memory). */
+char *reader_resolve_backing(const char *image, const char *name);
 struct reader *reader_backing(struct reader *r); /* NULL at the chain's end */
 uint64_t reader_size(const struct reader *r);
 uint32_t reader_cluster_size(const struct reader *r); /* 0 for raw */

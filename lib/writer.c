@@ -11,6 +11,15 @@
  * cache (cwcache.h).  At close the last L2 tables, the L1 table, the last
  * refcount blocks, the refcount table and the header are written.
  *
+ * A guest cluster written again gets new space at the frontier like any
+ * other; its old place loses its references (qcow2_alloc_unref()): in
+ * memory while its refcount block is, else by a read-modify-write of the
+ * written block at close, where clusters left unreferenced are also
+ * punched out of the file.  The old space is never handed out again, so
+ * a reader or a write still using it harms nothing (QEMU's discard race
+ * cannot happen), and the common path - each cluster written once - pays
+ * only the look at the old entry it always made.
+ *
  * Locking: one mutex (w->lock) guards the allocator, the L1 table, the
  * table cache and the write cache.  It is held only for bookkeeping and the
  * copy of a compressed chunk into the write cache: allocate, set the L2
@@ -37,6 +46,7 @@
 #include "qcow2_ext.h"
 #include "qcow2_l2.h"
 #include "qcow2_refcount.h"
+#include "reader.h"
 #include "util.h"
 
 #define REFCOUNT_ORDER 4          /* 16-bit refcounts, QEMU's default */
@@ -67,6 +77,10 @@ struct writer {
     struct qcow2_cache l2; /* the L2 tables, write-back */
     struct cwcache cache;  /* compressed streams (write cache on) */
     struct blk_rmw rmw;    /* compressed streams written where they land (off) */
+
+    /* The backing file, opened by the first read of a cluster left to it. */
+    pthread_mutex_t backing_lock;
+    struct reader *backing;
 
     /* statistics */
     atomic_ullong n_compressed, n_normal, n_zero;
@@ -206,7 +220,7 @@ static int check_guest_offset(struct writer *w, uint64_t off, size_t len)
     return 0;
 }
 
-enum store_kind { STORE_COMPRESSED, STORE_NORMAL, STORE_ZERO };
+enum store_kind { STORE_COMPRESSED, STORE_NORMAL, STORE_ZERO, STORE_HOLE };
 
 /* The L2 table of guest cluster GCI for a store, with the lock held and,
  * for a compressed store, room in the write cache (back-pressure), both
@@ -223,12 +237,38 @@ static int table_for_store(struct writer *w, uint32_t l1_index, bool compressed,
     }
 }
 
+/* OLD, an L2 entry just replaced, no longer holds its host clusters (the
+ * lock held), nor counts in the statistics: a data cluster, or the one or
+ * two clusters its compressed stream touches - the same ones for its bytes and for the sectors the
+ * descriptor records, as clusters are whole sectors. */
+static int unref_entry(struct writer *w, uint64_t old)
+{
+    uint64_t host, len;
+    switch (qcow2_cluster_type(old, false)) {
+    case QCOW2_CLUSTER_ZERO_PLAIN: atomic_fetch_sub(&w->n_zero, 1); return 0;
+    case QCOW2_CLUSTER_COMPRESSED:
+        atomic_fetch_sub(&w->n_compressed, 1);
+        qcow2_decode_compressed(w->cluster_bits, old, &host, &len);
+        return qcow2_alloc_unref(&w->alloc, host >> w->cluster_bits,
+                                 (host + len - 1) >> w->cluster_bits);
+    case QCOW2_CLUSTER_NORMAL:
+        atomic_fetch_sub(&w->n_normal, 1);
+        /* fall through */
+    case QCOW2_CLUSTER_ZERO_ALLOC:
+        host = qcow2_l2_host(old) >> w->cluster_bits;
+        return qcow2_alloc_unref(&w->alloc, host, host);
+    default: return 0;
+    }
+}
+
 /* Place COUNT guest clusters from GUEST_OFF (all in one L2 table): under
  * the lock, allocate their bytes, set their L2 entries and (compressed,
  * write cache on) copy the stream into the cache; then, unlocked, write
- * what must be written.  Compressed and zero stores are one cluster; a
- * normal store takes COUNT contiguous clusters and writes DATA with one
- * write. */
+ * what must be written.  Compressed, zero and hole stores are one cluster;
+ * a normal store takes COUNT contiguous clusters and writes DATA with one
+ * write.  A cluster written before is replaced: its old place loses its
+ * reference once the new one is set (after allocating, so that an open
+ * compressed cluster the allocator leaves can count as freed). */
 static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, const uint8_t *data,
                  uint32_t len, uint32_t count)
 {
@@ -241,13 +281,10 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
     uint64_t host = 0;
 
     pthread_mutex_lock(&w->lock);
-    int r = table_for_store(w, l1_index, kind == STORE_COMPRESSED, &table);
-    for (uint32_t i = 0; r == 0 && i < count; i++)
-        if (qcow2_be64(table + 8 * (l2_index + i)) != 0)
-            r = zerr(EEXIST, "'%s': guest cluster at %llu written twice", w->file.path,
-                     (unsigned long long)(guest_off + ((uint64_t)i << w->cluster_bits)));
-    if (r == 0) {
-        uint64_t entry = QCOW2_OFLAG_ZERO;
+    int r = kind == STORE_HOLE ? get_l2(w, l1_index, false, &table) /* no table: a hole already */
+                               : table_for_store(w, l1_index, kind == STORE_COMPRESSED, &table);
+    if (r == 0 && table) {
+        uint64_t entry = kind == STORE_ZERO ? QCOW2_OFLAG_ZERO : 0;
         if (kind == STORE_COMPRESSED) {
             bool closed;
             r = qcow2_alloc_bytes(&w->alloc, len, &host, &closed);
@@ -256,6 +293,7 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
             if (r == 0 && w->use_cache)
                 r = cw_append(&w->cache, host, data, len, &p.ready);
         }
+        bool dirty = false;
         for (uint32_t i = 0; r == 0 && i < count; i++) {
             if (kind == STORE_NORMAL) { /* contiguous: nothing else allocates now */
                 uint64_t off = 0;
@@ -264,16 +302,21 @@ static int store(struct writer *w, uint64_t guest_off, enum store_kind kind, con
                 if (i == 0)
                     host = off;
             }
-            qcow2_l2_set(table, l2_index + i, entry);
+            uint64_t old = qcow2_be64(table + 8 * (l2_index + i));
+            if (r == 0 && old != entry) {
+                qcow2_l2_set(table, l2_index + i, entry);
+                dirty = true;
+                r = unref_entry(w, old);
+            }
         }
-        if (r == 0) {
+        if (dirty)
             qcow2_cache_mark_dirty(&w->l2, table);
+        if (r == 0)
             r = retire_refblocks(w, &p);
-        }
     }
     pthread_mutex_unlock(&w->lock);
 
-    if (r < 0 && r != -EEXIST) /* a caller's mistake loses no data */
+    if (r < 0)
         fail(w, r);
     fault_delay();
     int r2 = run_pending(w, &p);
@@ -315,8 +358,9 @@ static int store_one(struct writer *w, uint64_t guest_off, const uint8_t *in, st
 {
     if (buf_is_zero(in, w->cluster_size)) {
         atomic_fetch_add(&w->n_zero, 1);
-        /* Over a backing file, zeros must be stated; alone, a hole is zero. */
-        return w->backing_file ? store(w, guest_off, STORE_ZERO, NULL, 0, 1) : 0;
+        /* Over a backing file, zeros must be stated; alone, a hole is zero
+         * (one written before becomes a hole again). */
+        return store(w, guest_off, w->backing_file ? STORE_ZERO : STORE_HOLE, NULL, 0, 1);
     }
     if (!w->compress)
         return 1;
@@ -381,8 +425,6 @@ int writer_write(struct writer *w, uint64_t guest_off, const void *buf, size_t l
     }
     if (r >= 0)
         r = flush_normal_run(w, &run);
-    if (r == -EEXIST) /* the caller's mistake: no data lost, not sticky */
-        return r;
     return r < 0 ? fail(w, r) : 0;
 }
 
@@ -429,6 +471,29 @@ static int read_host(struct writer *w, uint64_t off, uint8_t *buf, uint32_t len)
     return 0;
 }
 
+/* A cluster left to the backing file: its bytes there, zeros past its end. */
+static int read_backing(struct writer *w, uint64_t off, uint8_t *out)
+{
+    pthread_mutex_lock(&w->backing_lock);
+    int r = 0;
+    if (!w->backing) {
+        char *path = reader_resolve_backing(w->file.path, w->backing_file);
+        r = path ? reader_open(path, w->backing_format, w->file.direct, &w->backing)
+                 : zerr(ENOMEM, "out of memory");
+        free(path);
+    }
+    struct reader *b = w->backing;
+    pthread_mutex_unlock(&w->backing_lock);
+    if (r < 0)
+        return r;
+    uint64_t size = reader_size(b);
+    uint32_t n = off >= size                    ? 0
+                 : size - off < w->cluster_size ? (uint32_t)(size - off)
+                                                : w->cluster_size;
+    memset(out + n, 0, w->cluster_size - n);
+    return n ? reader_read(b, off, out, n) : 0;
+}
+
 static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
 {
     uint32_t l2_entries = w->cluster_size / 8;
@@ -445,7 +510,9 @@ static int read_cluster(struct writer *w, uint64_t gci, uint8_t *out)
     enum qcow2_cluster_type type = qcow2_cluster_type(entry, false);
     if (type == QCOW2_CLUSTER_NORMAL)
         return read_host(w, qcow2_l2_host(entry), out, w->cluster_size);
-    if (type != QCOW2_CLUSTER_COMPRESSED) { /* zero or unallocated: no backing file is read */
+    if (type == QCOW2_CLUSTER_UNALLOCATED && w->backing_file)
+        return read_backing(w, gci << w->cluster_bits, out);
+    if (type != QCOW2_CLUSTER_COMPRESSED) { /* zero, or unallocated without a backing file */
         memset(out, 0, w->cluster_size);
         return 0;
     }
@@ -536,6 +603,8 @@ static int validate(const char *path, const struct zcow_create_options *o, unsig
 static void writer_free(struct writer *w)
 {
     cw_free(&w->cache);
+    reader_close(w->backing);
+    pthread_mutex_destroy(&w->backing_lock);
     qcow2_cache_free(&w->l2);
     qcow2_alloc_free(&w->alloc);
     free(w->l1);
@@ -559,6 +628,7 @@ int writer_create(const char *path, const struct zcow_create_options *o, struct 
     if (!w)
         return zerr(ENOMEM, "out of memory");
     pthread_mutex_init(&w->lock, NULL);
+    pthread_mutex_init(&w->backing_lock, NULL);
     blk_rmw_init(&w->rmw);
     zerr_first_init(&w->error);
     w->file.fd = -1;
@@ -697,6 +767,49 @@ static int write_header(struct writer *w, uint64_t l1_offset, uint64_t table_off
     return r;
 }
 
+/* The references dropped by rewrites in refcount blocks already written
+ * (qcow2_alloc_unref()): read each such block back, count down, write it
+ * again.  Then give the space of the clusters left without a reference
+ * back to the file system (they are never handed out again, and every
+ * write to them has ended). */
+static int apply_late_unrefs(struct writer *w)
+{
+    struct qcow2_alloc *a = &w->alloc;
+    uint8_t *blk = NULL;
+    int r = 0;
+    qcow2_clusters_sort(&a->late);
+    for (uint64_t i = 0; i < a->late.n && r == 0;) {
+        uint64_t b = a->late.k[i] / a->rc_entries;
+        uint64_t off = b < a->reftable_len ? a->reftable[b] : 0;
+        if (!off)
+            return zerr(EIO, "internal error: no refcount block for host cluster %llu",
+                        (unsigned long long)a->late.k[i]);
+        if (!blk && !(blk = blk_alloc(w->cluster_size)))
+            return zerr(ENOMEM, "out of memory");
+        r = blk_read(&w->file, blk, w->cluster_size, off);
+        for (; r == 0 && i < a->late.n && a->late.k[i] / a->rc_entries == b; i++) {
+            uint64_t k = a->late.k[i], rc = qcow2_refcount_get(blk, a->order, k % a->rc_entries);
+            if (rc == 0)
+                r = zerr(EIO, "internal error: host cluster %llu has no reference to drop",
+                         (unsigned long long)k);
+            else
+                qcow2_refcount_set(blk, a->order, k % a->rc_entries, rc - 1);
+            if (rc == 1)
+                r = qcow2_clusters_add(&a->freed, k);
+        }
+        if (r == 0 && (r = blk_pwrite(&w->file, blk, w->cluster_size, off)) == 0)
+            blk_drop_range(&w->file, off, w->cluster_size);
+    }
+    free(blk);
+    qcow2_clusters_sort(&a->freed);
+    for (uint64_t i = 0, n; r == 0 && i < a->freed.n; i += n) {
+        for (n = 1; i + n < a->freed.n && a->freed.k[i + n] == a->freed.k[i] + n;)
+            n++;
+        blk_punch(&w->file, a->freed.k[i] << w->cluster_bits, n << w->cluster_bits);
+    }
+    return r;
+}
+
 /* Write everything still in memory, then the metadata, then the header.
  * Single-threaded: no other call may run now. */
 static int finalize(struct writer *w)
@@ -718,7 +831,8 @@ static int finalize(struct writer *w)
     pthread_mutex_unlock(&w->lock);
     if (r < 0 || (r = run_pending(w, &p)) < 0)
         return r;
-    if ((r = write_refcounts(w, &table_offset, &table_clusters)) < 0)
+    if ((r = write_refcounts(w, &table_offset, &table_clusters)) < 0 ||
+        (r = apply_late_unrefs(w)) < 0)
         return r;
     return write_header(w, l1_offset, table_offset, table_clusters);
 }

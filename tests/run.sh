@@ -11,7 +11,7 @@
 #   b. the same unit and interop tests built with ASan+UBSan
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
-#      cache and table cache tests, the 32-thread stress test, the copy
+#      cache, table cache and writer tests, the 32-thread stress test, the copy
 #      engine and pool tests and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
@@ -231,6 +231,8 @@ fi
 if has_stage c && built c-build; then
     add c-test_cwcache "test_cwcache [tsan]" "$tsan_env" build-thread/tests/test_cwcache
     add c-test_qcow2_cache "test_qcow2_cache [tsan]" "$tsan_env" build-thread/tests/test_qcow2_cache
+    # The writer: rewrites from many threads, reads meanwhile.
+    add c-test_writer "test_writer [tsan]" "$tsan_env" build-thread/tests/test_writer
     if [ -x build-thread/tests/test_stress ]; then
         add c-test_stress "test_stress [tsan]" "$tsan_env" build-thread/tests/test_stress
     fi

@@ -1,13 +1,18 @@
 /* test_writer.c - the writer through the public API: multi-cluster writes
- * from unaligned buffers, read-your-writes while writing, a cluster
- * written twice (refused, not sticky), zero clusters over a backing file,
+ * from unaligned buffers, read-your-writes while writing, clusters
+ * written again (replaced, no space leaked, alone and from many threads,
+ * across refcount blocks already written), zero clusters over a backing file,
  * refcounts across a refcount block boundary, L2 tables written out and
  * read back, and qemu-img's verdict on each image. */
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
+#include <zstd.h>
 
 #include "unit.h"
 #include "zcow.h"
@@ -66,12 +71,15 @@ static void test_write_read(int type, uint32_t cs, int cache_mode, int write_cac
     CHECKF(r == 0, "read while writing: %s", zcow_get_error());
     CHECK(memcmp(back, data, 8 * (size_t)cs - 512) == 0);
 
-    /* Written twice: refused, and no harm done. */
+    /* Written twice: the second write replaces the first (and reads so),
+     * then a third puts the text back. */
     r = zcow_write_cluster(img, cs, data, cs);
-    CHECKF(r == -EEXIST, "second write of a cluster returned %d", r);
+    CHECKF(r == 0, "second write of a cluster: %s", zcow_get_error());
+    CHECK(zcow_read(img, cs, back, cs) == 0 && memcmp(back, data, cs) == 0);
+    CHECK(zcow_write_cluster(img, cs, data + cs, cs) == 0);
     CHECK(zcow_flush(img) == 0);
     r = zcow_close(img);
-    CHECKF(r == 0, "close after a refused write: %s", zcow_get_error());
+    CHECKF(r == 0, "close after rewrites: %s", zcow_get_error());
     CHECKF(qemu_img_ok(path), "qemu-img check failed on %s", path);
 
     r = zcow_open(path, NULL, 1, &img);
@@ -241,6 +249,299 @@ static void test_l2_eviction(void)
     CHECKF(system(cmd) == 0, "the image does not read back as written");
 }
 
+/* ---- rewrites ---------------------------------------------------------------- */
+
+/* Content VERSION of guest cluster GCI, of kind KIND: 0 zero, 1 text
+ * (compresses well), 2 random (stored uncompressed), 3 half random (may
+ * go either way). */
+static void version_data(uint8_t *buf, uint32_t cs, uint64_t gci, unsigned version, unsigned kind)
+{
+    uint64_t rs = unit_stream(gci * 131 + version);
+    switch (kind) {
+    case 0: memset(buf, 0, cs); break;
+    case 1:
+        for (uint32_t i = 0; i < cs; i++)
+            buf[i] = (uint8_t)("rewrite "[i % 8] + version + gci);
+        break;
+    case 2: unit_fill_random(&rs, buf, cs); break;
+    default:
+        unit_fill_random(&rs, buf, cs / 2);
+        memset(buf + cs / 2, (int)(version + gci), cs - cs / 2);
+    }
+}
+
+/* A compressed stream of BUF in the image's type, made by zlib and libzstd
+ * (not by the code under test); 0 when it does not shrink. */
+static size_t compress_ref(int type, const uint8_t *buf, uint32_t cs, uint8_t *out)
+{
+    if (type == ZCOW_COMPRESSION_ZSTD) {
+        size_t n = ZSTD_compress(out, cs - 1, buf, cs, 3);
+        return ZSTD_isError(n) ? 0 : n;
+    }
+    z_stream z;
+    memset(&z, 0, sizeof(z));
+    if (deflateInit2(&z, 6, Z_DEFLATED, -12, 9, Z_DEFAULT_STRATEGY) != Z_OK)
+        return 0;
+    z.next_in = (uint8_t *)buf;
+    z.avail_in = cs;
+    z.next_out = out;
+    z.avail_out = cs - 1;
+    int zr = deflate(&z, Z_FINISH);
+    size_t n = cs - 1 - z.avail_out;
+    deflateEnd(&z);
+    return zr == Z_STREAM_END ? n : 0;
+}
+
+static int run_quiet(const char *fmt, const char *a, const char *b)
+{
+    char cmd[9000];
+    snprintf(cmd, sizeof(cmd), fmt, a, b);
+    return system(cmd);
+}
+
+/* qemu-img's verdict on the closed image at PATH: no leak, no error
+ * (exit 0 of check), and the guest content MODEL (written to RAW). */
+static void judge(const char *path, const char *raw, const uint8_t *model, size_t size)
+{
+    FILE *f = fopen(raw, "wb");
+    CHECK(f && fwrite(model, 1, size, f) == size);
+    if (f)
+        fclose(f);
+    CHECKF(run_quiet("qemu-img check '%s' >/dev/null%s", path, "") == 0,
+           "qemu-img check: leaks or errors in %s", path);
+    CHECKF(run_quiet("qemu-img compare -q -f raw -F qcow2 '%s' '%s'", raw, path) == 0,
+           "%s does not read as written", path);
+}
+
+/* Write every cluster of a 48-cluster image, then rewrite random ones,
+ * four rounds, each write through one of zcow_write (runs of clusters),
+ * zcow_write_cluster and zcow_write_compressed, with every kind of content
+ * replacing every other.  After each round, before any flush, the image
+ * must read as the last write of each cluster (read-your-writes, the
+ * clusters still in the write cache included); at the end qemu-img check
+ * must find no leak and no error, and the image must equal a raw model. */
+static void test_rewrites(int type, uint32_t cs, int cache_mode, int write_cache, int backing)
+{
+    enum { N = 48 };
+    char path[4200], raw[4300], base[4300];
+    snprintf(path, sizeof(path), "%s/rw-%d-%u-%d-%d-%d.qcow2", dir, type, cs, cache_mode,
+             write_cache, backing);
+    snprintf(raw, sizeof(raw), "%s.raw", path);
+    snprintf(base, sizeof(base), "%s.base", path);
+    size_t size = (size_t)N * cs;
+    uint8_t *model = malloc(size), *back = malloc(size), *buf = malloc(size);
+    uint8_t *cbuf = malloc(cs);
+    uint64_t rs = unit_stream(cs * 4u + (unsigned)type * 2u + (unsigned)backing);
+    if (backing) { /* the base reads as 0x5a: a cluster written as zero must not */
+        memset(model, 0x5a, size);
+        FILE *f = fopen(base, "wb");
+        CHECK(f && fwrite(model, 1, size, f) == size);
+        if (f)
+            fclose(f);
+    } else {
+        memset(model, 0, size);
+    }
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, cs) == 0 &&
+          zcow_create_opts_set_compression_type(o, type) == 0 &&
+          zcow_create_opts_set_cache_mode(o, cache_mode) == 0 &&
+          zcow_create_opts_set_write_cache(o, write_cache) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0);
+    if (backing)
+        CHECK(zcow_create_opts_set_backing_file(o, base) == 0 &&
+              zcow_create_opts_set_backing_format(o, "raw") == 0);
+    zcow_image *img;
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
+    CHECKF(r == 0, "create: %s", zcow_get_error());
+    if (r)
+        goto out;
+    if (backing) { /* before any write: unallocated clusters read the base */
+        CHECKF(zcow_read(img, 0, back, size) == 0, "read: %s", zcow_get_error());
+        CHECK(memcmp(back, model, size) == 0);
+    }
+    long bad = 0;
+    for (unsigned round = 0; round < 5; round++) {
+        for (uint64_t g = 0; g < N;) {
+            /* Round 0 writes all; later rounds about a third, in runs. */
+            uint64_t run = unit_range(&rs, 1, 4);
+            if (g + run > N)
+                run = N - g;
+            if (round > 0 && unit_range(&rs, 0, 2) != 0) {
+                g += run;
+                continue;
+            }
+            for (uint64_t k = 0; k < run; k++)
+                version_data(buf + k * cs, cs, g + k, round, (unsigned)unit_range(&rs, 0, 3));
+            unsigned how = (unsigned)unit_range(&rs, 0, 2);
+            if (how == 0) {
+                r = zcow_write(img, g * cs, buf, run * cs);
+            } else {
+                r = 0;
+                for (uint64_t k = 0; k < run && r == 0; k++) {
+                    size_t clen = how == 2 ? compress_ref(type, buf + k * cs, cs, cbuf) : 0;
+                    r = clen ? zcow_write_compressed(img, (g + k) * cs, cbuf, clen)
+                             : zcow_write_cluster(img, (g + k) * cs, buf + k * cs, cs);
+                }
+            }
+            if (r != 0 && bad++ < 3)
+                CHECKF(0, "round %u write at cluster %llu: %s", round, (unsigned long long)g,
+                       zcow_get_error());
+            memcpy(model + g * cs, buf, run * cs);
+            g += run;
+        }
+        memset(back, 0xee, size);
+        r = zcow_read(img, 0, back, size);
+        if ((r != 0 || memcmp(back, model, size) != 0) && bad++ < 3)
+            CHECKF(0, "round %u: the image does not read as written (%s)", round,
+                   r ? zcow_get_error() : "content");
+        if (round == 2)
+            CHECKF(zcow_flush(img) == 0, "flush: %s", zcow_get_error());
+    }
+    CHECKF(bad == 0, "%ld failures", bad);
+    CHECKF(zcow_close(img) == 0, "close: %s", zcow_get_error());
+    judge(path, raw, model, size);
+out:
+    free(model);
+    free(back);
+    free(buf);
+    free(cbuf);
+}
+
+static uint64_t allocated_bytes(const char *path)
+{
+    struct stat st;
+    return stat(path, &st) == 0 ? (uint64_t)st.st_blocks * 512 : 0;
+}
+
+/* Rewrites of clusters whose refcount block was already written: 4 KiB
+ * clusters, one block counts 8 MiB of file.  Compressible clusters, then
+ * 10 MiB of random data (uncompressed clusters), so that the file passes
+ * the first block; then the early clusters are written again (compressed
+ * over compressed, random over compressed, text and zeros over random):
+ * the block must be read back and counted down, and the 10 MiB written as
+ * zeros given back to the file system. */
+static void test_rewrite_written_blocks(void)
+{
+    enum { CS = 4096, TEXT = 64, RANDOM = 2560 };
+    const size_t size = (size_t)(TEXT + RANDOM + 64) * CS;
+    char path[4200], raw[4200];
+    snprintf(path, sizeof(path), "%s/rw-late.qcow2", dir);
+    snprintf(raw, sizeof(raw), "%s/rw-late.raw", dir);
+    uint8_t *model = calloc(1, size);
+    zcow_create_opts *o = zcow_create_opts_new();
+    CHECK(o && zcow_create_opts_set_cluster_size(o, CS) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0);
+    zcow_image *img;
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
+    CHECKF(r == 0, "create: %s", zcow_get_error());
+    if (r) {
+        free(model);
+        return;
+    }
+    for (uint64_t g = 0; g < TEXT; g++)
+        version_data(model + g * CS, CS, g, 0, 1);
+    for (uint64_t g = TEXT; g < TEXT + RANDOM; g++)
+        version_data(model + g * CS, CS, g, 0, 2);
+    CHECKF(zcow_write(img, 0, model, (TEXT + RANDOM) * (size_t)CS) == 0, "write: %s",
+           zcow_get_error());
+    /* The early clusters again: text over text, random over text, zeros and
+     * text over the random ones. */
+    for (uint64_t g = 0; g < TEXT; g++)
+        version_data(model + g * CS, CS, g, 1, g % 2 ? 1 : 2);
+    for (uint64_t g = TEXT; g < TEXT + RANDOM; g++)
+        version_data(model + g * CS, CS, g, 1, g < TEXT + 64 ? 1 : 0);
+    /* Shuffled, so that the old places are counted down out of order. */
+    uint64_t rs = unit_stream(42);
+    static unsigned order[TEXT + RANDOM];
+    for (unsigned i = 0; i < TEXT + RANDOM; i++)
+        order[i] = i;
+    for (unsigned i = TEXT + RANDOM - 1; i > 0; i--) {
+        unsigned j = (unsigned)unit_range(&rs, 0, i), t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    long bad = 0;
+    for (unsigned i = 0; i < TEXT + RANDOM; i++)
+        if (zcow_write_cluster(img, (uint64_t)order[i] * CS, model + (size_t)order[i] * CS, CS) &&
+            bad++ < 3)
+            CHECKF(0, "rewrite of cluster %u: %s", order[i], zcow_get_error());
+    CHECK(bad == 0);
+    CHECKF(zcow_close(img) == 0, "close: %s", zcow_get_error());
+    judge(path, raw, model, size);
+    /* The file still spans the 10 MiB, but holds little of it. */
+    uint64_t held = allocated_bytes(path);
+    CHECKF(held < (3u << 20), "%llu bytes still allocated after the random data was replaced",
+           (unsigned long long)held);
+    free(model);
+}
+
+/* Many threads rewriting at once: each owns every 8th cluster and writes
+ * all of its clusters six times over (kinds mixed, so that streams of
+ * different threads share host clusters and old streams are dropped from
+ * clusters still in the write cache), reading each back at once.  The
+ * image ends as the last version of each cluster, qemu-img check clean. */
+enum { RT_THREADS = 8, RT_CLUSTERS = 256, RT_CS = 4096, RT_VERSIONS = 6 };
+struct rt_arg {
+    zcow_image *img;
+    unsigned id;
+    uint8_t *model;
+    long bad;
+};
+
+static void *rewrite_thread(void *p)
+{
+    struct rt_arg *a = p;
+    uint8_t buf[RT_CS], back[RT_CS];
+    for (unsigned v = 0; v < RT_VERSIONS; v++)
+        for (uint64_t g = a->id; g < RT_CLUSTERS; g += RT_THREADS) {
+            version_data(buf, RT_CS, g, v, (unsigned)((g + v) % 4));
+            if (zcow_write_cluster(a->img, g * RT_CS, buf, RT_CS) != 0 ||
+                zcow_read(a->img, g * RT_CS, back, RT_CS) != 0 || memcmp(back, buf, RT_CS) != 0)
+                a->bad++;
+            memcpy(a->model + g * RT_CS, buf, RT_CS);
+        }
+    return NULL;
+}
+
+static void test_rewrite_threads(void)
+{
+    char path[4200], raw[4200];
+    snprintf(path, sizeof(path), "%s/rw-threads.qcow2", dir);
+    snprintf(raw, sizeof(raw), "%s/rw-threads.raw", dir);
+    const size_t size = (size_t)RT_CLUSTERS * RT_CS;
+    uint8_t *model = calloc(1, size);
+    zcow_create_opts *o = zcow_create_opts_new();
+    /* A small cache bound: writers wait for room while others rewrite. */
+    CHECK(o && zcow_create_opts_set_cluster_size(o, RT_CS) == 0 &&
+          zcow_create_opts_set_cache_clusters(o, 4) == 0 &&
+          zcow_create_opts_set_virtual_size(o, size) == 0);
+    zcow_image *img;
+    int r = zcow_create(path, o, &img);
+    zcow_create_opts_free(o);
+    CHECKF(r == 0, "create: %s", zcow_get_error());
+    if (r) {
+        free(model);
+        return;
+    }
+    pthread_t t[RT_THREADS];
+    struct rt_arg args[RT_THREADS];
+    for (unsigned i = 0; i < RT_THREADS; i++) {
+        args[i] = (struct rt_arg){ img, i, model, 0 };
+        CHECK(pthread_create(&t[i], NULL, rewrite_thread, &args[i]) == 0);
+    }
+    long bad = 0;
+    for (unsigned i = 0; i < RT_THREADS; i++) {
+        pthread_join(t[i], NULL);
+        bad += args[i].bad;
+    }
+    CHECKF(bad == 0, "%ld writes failed or did not read back", bad);
+    CHECKF(zcow_close(img) == 0, "close: %s", zcow_get_error());
+    judge(path, raw, model, size);
+    free(model);
+}
+
 int main(void)
 {
     unit_init("test_writer");
@@ -256,6 +557,15 @@ int main(void)
     test_backing_zero();
     test_refcount_block_boundary();
     test_l2_eviction();
+    for (int type = 0; type <= 1; type++)
+        for (uint32_t cs = 4096; cs <= 65536; cs *= 16) {
+            test_rewrites(type, cs, ZCOW_CACHE_NONE, 1, 0);
+            test_rewrites(type, cs, ZCOW_CACHE_NONE, 1, 1);
+        }
+    test_rewrites(ZCOW_COMPRESSION_ZLIB, 65536, ZCOW_CACHE_WRITEBACK, 1, 0);
+    test_rewrites(ZCOW_COMPRESSION_ZLIB, 65536, ZCOW_CACHE_NONE, 0, 1);
+    test_rewrite_written_blocks();
+    test_rewrite_threads();
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
     if (system(cmd) != 0)
