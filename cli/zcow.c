@@ -23,6 +23,8 @@ static const struct {
     { "list", cmd_list, "list the points of a backup directory" },
     { "restore", cmd_restore, "restore a disk from a backup directory" },
     { "verify", cmd_verify, "verify the points of a backup directory" },
+    { "prune", cmd_prune, "keep the newest points of a backup directory" },
+    { "merge", cmd_merge, "write a point of a backup directory as one image" },
 };
 
 void die_msg(const char *fmt, ...)

@@ -511,6 +511,47 @@ ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t poi
 ZCOW_API int zcow_backup_verify(const char *dir, const char *disk, uint64_t point,
                                 zcow_message_fn *fn, void *opaque);
 
+/* Chains that do not grow for ever (zcow prune, zcow merge).  A merged
+ * image is a point's whole content as one compressed qcow2 image without a
+ * backing file, made by copying the compressed clusters of the point's
+ * chain as they are, from whichever image holds them (no recompression;
+ * clusters stored uncompressed, or with another cluster size or
+ * compression type than the chain's full image, are compressed anew), with
+ * O_DIRECT reads and writes. */
+enum {
+    /* Prune even a chain that does not check clean. */
+    ZCOW_PRUNE_FORCE = 1u << 0,
+};
+
+/* Keep the newest KEEP (>= 1) points of DISK (NULL: of every disk) of DIR:
+ * the oldest kept point becomes a full (its image replaced by a merged one
+ * under the same name, by rename: the next point's backing file), the
+ * manifest drops the points below it, and their images are removed.
+ * Every point the manifest lists stays restorable at every instant: a
+ * prune killed anywhere is finished by the next one, and its leftovers
+ * are removed by any later zcow that changes DIR.  Before changing
+ * anything, the chains to be read and kept are checked (each image as
+ * zcow_check(), their sizes and backing files against the manifest), and
+ * a failure is -EINVAL naming the image, unless FLAGS has
+ * ZCOW_PRUNE_FORCE.  MESSAGES (may be NULL) gets one line per disk and
+ * step ("vda: point 8 is now a full: ...", "vda: 3 points, keeping 3:
+ * nothing to do").  -EBUSY when another zcow uses DIR; -ENOENT when DIR
+ * is not a backup directory or has no DISK; -EINVAL for a damaged
+ * manifest.  A point's fields other than its level and stored bytes (its
+ * digest) are kept. */
+ZCOW_API int zcow_backup_prune(const char *dir, const char *disk, uint64_t keep, unsigned flags,
+                               zcow_message_fn *messages, void *opaque);
+
+/* Write point POINT (0: the latest) of DISK (NULL: DIR's only disk) as one
+ * merged image at DEST, outside DIR (-EINVAL inside), with the cluster
+ * size and compression type of the point's full image: under a temporary
+ * name, renamed to DEST once complete.  C (may be NULL: defaults) gives
+ * the threads, progress and compression level; its source, destination
+ * and other image settings are ignored.  STATS (may be NULL) gets what the
+ * copy did (clusters copied as they were, compressed anew). */
+ZCOW_API int zcow_backup_merge(const char *dir, const char *disk, uint64_t point, const char *dest,
+                               const zcow_convert_opts *c, zcow_convert_stats *stats);
+
 /* ---- Checking and comparing (zcow check, zcow compare) ---------------------------- */
 
 /* Whole-image operations come in two forms: by path, where the library

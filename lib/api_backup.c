@@ -14,6 +14,7 @@
 #ifdef ZCOW_HAVE_NBD
 #include "backup.h"
 #include "backup_dir.h"
+#include "backup_prune.h"
 #endif
 
 struct zcow_backup_options {
@@ -202,6 +203,25 @@ int zcow_backup_verify(const char *dir, const char *disk, uint64_t point, zcow_m
     return backup_dir_verify(dir, disk, point, fn, opaque);
 }
 
+int zcow_backup_prune(const char *dir, const char *disk, uint64_t keep, unsigned flags,
+                      zcow_message_fn *messages, void *opaque)
+{
+    if (!dir)
+        return zerr(EINVAL, "%s: no backup directory", __func__);
+    return backup_prune(dir, disk, keep, flags, messages, opaque);
+}
+
+int zcow_backup_merge(const char *dir, const char *disk, uint64_t point, const char *dest,
+                      const zcow_convert_opts *c, zcow_convert_stats *stats)
+{
+    if (!dir || !dest)
+        return zerr(EINVAL, "%s: no backup directory or destination", __func__);
+    struct zcow_convert_options defaults;
+    convert_options_defaults(&defaults);
+    struct zcow_convert_stats dummy;
+    return backup_merge(dir, disk, point, dest, c ? c : &defaults, stats ? stats : &dummy);
+}
+
 #else
 
 static int not_built(void)
@@ -234,6 +254,19 @@ int zcow_backup_verify(const char *dir, const char *disk, uint64_t point, zcow_m
                        void *opaque)
 {
     (void)dir, (void)disk, (void)point, (void)fn, (void)opaque;
+}
+
+int zcow_backup_prune(const char *dir, const char *disk, uint64_t keep, unsigned flags,
+                      zcow_message_fn *messages, void *opaque)
+{
+    (void)dir, (void)disk, (void)keep, (void)flags, (void)messages, (void)opaque;
+    return not_built();
+}
+
+int zcow_backup_merge(const char *dir, const char *disk, uint64_t point, const char *dest,
+                      const zcow_convert_opts *c, zcow_convert_stats *stats)
+{
+    (void)dir, (void)disk, (void)point, (void)dest, (void)c, (void)stats;
     return not_built();
 }
 

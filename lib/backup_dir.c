@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "fault.h"
 #include "options.h"
 
 #define MANIFEST "zcow-backup.json"
@@ -200,6 +201,12 @@ static int dir_open(const char *path, bool create, int lock, struct backup_dir *
                  MANIFEST);
         goto out;
     }
+    /* A directory that is not a backup directory is left as it was: no
+     * lock file made in it. */
+    if (!create && access(mpath, F_OK) != 0) {
+        e = zerr(ENOENT, "'%s' is not a zcow backup directory (no %s)", path, MANIFEST);
+        goto out;
+    }
     /* Reading only (LOCK 0): the manifest is replaced by rename, so it is
      * always whole, and no lock is needed. */
     d->lock_fd = lock ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
@@ -248,7 +255,7 @@ static int fsync_path(const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return -errno;
-    int r = fsync(fd) < 0 ? -errno : 0;
+    int r = fault_fsync(fd) < 0 ? -errno : 0;
     if (r == 0)
         posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
     close(fd);
@@ -267,7 +274,8 @@ int backup_dir_save(struct backup_dir *d)
         e = zerr(EIO, "cannot write '%s'", tmp);
         goto out;
     }
-    if ((e = fsync_path(tmp)) < 0 || rename(tmp, final) < 0 || (e = fsync_path(d->path)) < 0) {
+    if ((e = fsync_path(tmp)) < 0 || fault_rename(tmp, final) < 0 ||
+        (e = fsync_path(d->path)) < 0) {
         e = zerr_sys(e < 0 ? -e : errno, "cannot write '%s'", final);
         unlink(tmp);
     }
@@ -415,6 +423,31 @@ int backup_dir_list(const char *path, json_t **out)
     return 0;
 }
 
+int backup_dir_find(struct backup_dir *d, const char *user_path, const char **disk, uint64_t point,
+                    json_t **out)
+{
+    json_t *disks = json_object_get(d->manifest, "disks");
+    if (!*disk) {
+        if (json_object_size(disks) != 1)
+            return zerr(EINVAL, "'%s' holds %zu disks: name one with --disk", user_path,
+                        json_object_size(disks));
+        *disk = json_object_iter_key(json_object_iter(disks));
+    }
+    json_t *entry = json_object_get(disks, *disk);
+    if (!entry)
+        return zerr(ENOENT, "'%s' holds no disk '%s'", user_path, *disk);
+    if (!(*out = backup_dir_point(entry, point)))
+        return point
+                   ? zerr(ENOENT, "'%s': disk '%s' has no point %" PRIu64, user_path, *disk, point)
+                   : zerr(ENOENT, "'%s': disk '%s' has no points", user_path, *disk);
+    return 0;
+}
+
+char *backup_dir_file(const struct backup_dir *d, json_t *point)
+{
+    return join(d->path, json_string_value(json_object_get(point, "file")));
+}
+
 int backup_dir_restore(const char *path, const char *disk, uint64_t point,
                        const struct zcow_convert_options *conv)
 {
@@ -422,27 +455,10 @@ int backup_dir_restore(const char *path, const char *disk, uint64_t point,
     int e = backup_dir_open_shared(path, &d);
     if (e < 0)
         return e;
-    json_t *disks = json_object_get(d->manifest, "disks");
-    if (!disk) {
-        if (json_object_size(disks) != 1) {
-            e = zerr(EINVAL, "'%s' holds %zu disks: name one with --disk", path,
-                     json_object_size(disks));
-            goto out;
-        }
-        disk = json_object_iter_key(json_object_iter(disks));
-    }
-    json_t *entry = json_object_get(disks, disk);
-    if (!entry) {
-        e = zerr(ENOENT, "'%s' holds no disk '%s'", path, disk);
+    json_t *p;
+    if ((e = backup_dir_find(d, path, &disk, point, &p)) < 0)
         goto out;
-    }
-    json_t *p = backup_dir_point(entry, point);
-    if (!p) {
-        e = point ? zerr(ENOENT, "'%s': disk '%s' has no point %" PRIu64, path, disk, point)
-                  : zerr(ENOENT, "'%s': disk '%s' has no points", path, disk);
-        goto out;
-    }
-    char *image = join(d->path, json_string_value(json_object_get(p, "file")));
+    char *image = backup_dir_file(d, p);
     if (!image) {
         e = zerr(ENOMEM, "out of memory");
         goto out;

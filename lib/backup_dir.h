@@ -75,6 +75,13 @@ json_t *backup_dir_last_point(json_t *disk);
 /* The point numbered N (0: the last), NULL when none. */
 json_t *backup_dir_point(json_t *disk, uint64_t n);
 
+/* Point POINT (0: the last) of DISK (*DISK NULL: DIR's only disk, whose
+ * name *DISK then gets), into *OUT; messages name USER_PATH. */
+int backup_dir_find(struct backup_dir *d, const char *user_path, const char **disk, uint64_t point,
+                    json_t **out);
+/* The path of POINT's image ("DIR/vda/000003.qcow2"), to free(). */
+char *backup_dir_file(const struct backup_dir *d, json_t *point);
+
 /* Path of a point's image in DIR ("DIR/vda/000003.qcow2"), and the name
  * of the file relative to its disk's directory ("000003.qcow2"). */
 char *backup_dir_point_path(const struct backup_dir *d, const char *disk, uint64_t n);

@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,7 @@ enum fault_op { OP_OPEN, OP_READ, OP_WRITE, OP_FSYNC, OP_RENAME, OP_ALLOC, OP_CO
 static const char *const op_names[OP_COUNT] = { "open", "read", "write", "fsync", "rename", "alloc" };
 
 #define FAULT_SHORT (-1)
+#define FAULT_KILL (-2)
 
 static struct {
     int enabled;        /* counting at all */
@@ -39,6 +41,8 @@ static int parse_errno(const char *s)
     };
     if (strcmp(s, "short") == 0)
         return FAULT_SHORT;
+    if (strcmp(s, "kill") == 0)
+        return FAULT_KILL;
     for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
         if (strcmp(s, names[i].name) == 0)
             return names[i].value;
@@ -84,7 +88,11 @@ static int hit(enum fault_op op)
     if (!cfg.enabled)
         return 0;
     long n = atomic_fetch_add(&counts[op], 1) + 1;
-    return (cfg.op == (int)op && n == cfg.nth) ? cfg.err : 0;
+    if (cfg.op != (int)op || n != cfg.nth)
+        return 0;
+    if (cfg.err == FAULT_KILL) /* as kill -9 would, before the call */
+        raise(SIGKILL);
+    return cfg.err;
 }
 
 int fault_open(const char *path, int flags, mode_t mode)

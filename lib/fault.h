@@ -7,8 +7,9 @@
  *
  * In a test build, with ZCOW_FAULT="OP:N:ERR" in the environment, the Nth call of OP in the
  * process fails: OP is open, read, write, fsync, rename or alloc; ERR is an
- * errno name (EIO, ENOSPC, EINTR, ...) or "short" (a write or read that
- * transfers half of what was asked).  With ZCOW_FAULT_STATS=FILE the count
+ * errno name (EIO, ENOSPC, EINTR, ...), "short" (a write or read that
+ * transfers half of what was asked) or "kill" (the process is killed with
+ * SIGKILL before the call, as kill -9 at that instant would).  With ZCOW_FAULT_STATS=FILE the count
  * of calls of each OP is written to FILE at exit, so that a test can walk N
  * over every call.  Without these variables the wrappers are plain calls. */
 #ifndef ZCOW_FAULT_H
