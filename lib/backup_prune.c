@@ -228,8 +228,8 @@ static int prune_disk(struct backup_dir *d, const char *name, json_t *entry, siz
             goto out;
         say(fn, opaque,
             "%s: point %" PRIu64 " is now a full: %" PRIu64 " compressed clusters copied as they "
-            "were, %" PRIu64 " compressed anew (stored uncompressed, or with another cluster "
-            "size or compression type), %" PRIu64 " stored uncompressed",
+            "were, %" PRIu64 " compressed anew (held uncompressed, or with another cluster size "
+            "or compression type), %" PRIu64 " stored uncompressed (incompressible)",
             name, kn, st.clusters_copied, st.clusters_compressed, st.clusters_normal);
     } else {
         say(fn, opaque, "%s: point %" PRIu64 " is a full already", name, kn);
