@@ -26,7 +26,7 @@ INSTALL ?= install
 # VMs read them over NBD: they (and their libvirt, libxml2 and jansson)
 # go with it.
 NBD ?= yes
-PKGS := zlib libzstd libisal
+PKGS := zlib libzstd libisal libcrypto
 ifeq ($(NBD),yes)
 PKGS += libnbd libxml-2.0 jansson libvirt
 else ifneq ($(NBD),no)

@@ -19,6 +19,7 @@ int cmd_restore(int argc, char **argv);
 int cmd_verify(int argc, char **argv);
 int cmd_prune(int argc, char **argv);
 int cmd_merge(int argc, char **argv);
+int cmd_digest(int argc, char **argv);
 
 /* Print "zcow: MESSAGE" on stderr (one line). */
 void die_msg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));

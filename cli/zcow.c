@@ -25,6 +25,7 @@ static const struct {
     { "verify", cmd_verify, "verify the points of a backup directory" },
     { "prune", cmd_prune, "keep the newest points of a backup directory" },
     { "merge", cmd_merge, "write a point of a backup directory as one image" },
+    { "digest", cmd_digest, "print the content digest of disks (sha256/64k)" },
 };
 
 void die_msg(const char *fmt, ...)

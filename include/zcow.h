@@ -425,6 +425,24 @@ ZCOW_API double zcow_convert_stats_get_seconds(const zcow_convert_stats *st);
  * -EINVAL when the source or the destination is not set. */
 ZCOW_API int zcow_convert(const zcow_convert_opts *opts, zcow_convert_stats *stats);
 
+/* ---- Content digests (zcow digest) ------------------------------------------------- */
+
+/* The digest every backup point records, "sha256/64k": SHA-256 over the
+ * SHA-256 hashes of the disk's 64 KiB blocks in order (the last one short
+ * when the size is not a multiple), as blkhash computes it.  Blocks hash
+ * in parallel, and zero blocks cost nothing. */
+#define ZCOW_DIGEST_NAME "sha256/64k"
+/* Room for the digest as lowercase hex, and its NUL. */
+#define ZCOW_DIGEST_HEX_SIZE 65
+
+/* The digest of O's source (a raw file or block device, a qcow2 image
+ * with its backing chain, an NBD export: what the guest sees), read with
+ * O's source format, threads, source cache, progress and TLS settings;
+ * the rest of O is ignored, but a bitmap, which is refused (-EINVAL).
+ * HEX receives it as lowercase hex (SIZE >= ZCOW_DIGEST_HEX_SIZE, else
+ * -ERANGE). */
+ZCOW_API int zcow_digest(const zcow_convert_opts *o, char *hex, size_t size);
+
 /* ---- Backups of running VMs (zcow backup, zcow list, zcow restore) ------------------ */
 
 /* A backup directory holds the points of a VM's disks as plain qcow2

@@ -12,7 +12,9 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include "convert.h"
 #include "dest.h"
+#include "digest.h"
 #include "engine.h"
 #include "error.h"
 #include "image.h"
@@ -26,24 +28,41 @@ static bool is_tls_uri(const char *name)
     return !strncmp(name, "nbds://", 7) || !strncmp(name, "nbds+unix://", 12);
 }
 
-/* Copy SRC to O->dst as DST_FORMAT. */
-static int copy(const struct zcow_convert_options *o, struct source *src, const char *dst_format,
-                struct zcow_convert_stats *st)
+/* A copy's digest is the one TAP expects; else the copy fails. */
+static int check_digest(const struct dest *dst, const struct convert_tap *tap)
 {
-    if (!strcmp(dst_format, "qcow2") && ((src->size + 511) & ~(uint64_t)511) == 0)
-        return zerr(EINVAL, "'%s': source is empty", src->name);
-    struct dest *dst;
-    int r = dest_open(o, dst_format, src->size, &dst);
-    if (r < 0)
-        return r;
+    char hex[DIGEST_HEX_SIZE];
+    digest_final(tap->digest, hex);
+    if (!tap->expect || !strcmp(hex, tap->expect))
+        return 0;
+    return zerr(EILSEQ,
+                "'%s': the digest of what was restored, %s:%s, is not the one recorded for %s, "
+                "%s:%s: the backup is damaged",
+                dst->name, DIGEST_NAME, hex, tap->what ? tap->what : "the source", DIGEST_NAME,
+                tap->expect);
+}
+
+/* Copy SRC to DST (opened, of SRC's size), feeding TAP; DST is committed
+ * when all went well, and closed. */
+static int run_engine(const struct zcow_convert_options *o, struct source *src, struct dest *dst,
+                      const struct convert_tap *tap, struct zcow_convert_stats *st)
+{
     uint64_t size = dst->size;
     struct engine_config cfg;
     engine_configure(&cfg, src, dst, o->threads);
     cfg.progress = o->progress;
     cfg.progress_opaque = o->progress_opaque;
-    struct engine_stats es;
-    r = engine_copy(src, dst, &cfg, &es);
+    cfg.digest = tap ? tap->digest : NULL;
+    int r = 0;
+    if (tap && digest_size(tap->digest) != src->size)
+        r = zerr(EINVAL, "'%s': a digest of %llu bytes for a source of %llu", src->name,
+                 (unsigned long long)digest_size(tap->digest), (unsigned long long)src->size);
+    struct engine_stats es = { 0 };
+    if (r == 0)
+        r = engine_copy(src, dst, &cfg, &es);
     st->clusters_copied = es.clusters_copied;
+    if (r == 0 && tap)
+        r = check_digest(dst, tap);
     if (r == 0)
         r = dst->ops->commit(dst, st);
     if (r < 0 && dst->in_place) {
@@ -56,6 +75,17 @@ static int copy(const struct zcow_convert_options *o, struct source *src, const 
     if (r == 0 && o->progress)
         o->progress(o->progress_opaque, size, size);
     return r;
+}
+
+/* Copy SRC to O->dst as DST_FORMAT. */
+static int copy(const struct zcow_convert_options *o, struct source *src, const char *dst_format,
+                const struct convert_tap *tap, struct zcow_convert_stats *st)
+{
+    if (!strcmp(dst_format, "qcow2") && ((src->size + 511) & ~(uint64_t)511) == 0)
+        return zerr(EINVAL, "'%s': source is empty", src->name);
+    struct dest *dst;
+    int r = dest_open(o, dst_format, src->size, &dst);
+    return r < 0 ? r : run_engine(o, src, dst, tap, st);
 }
 
 /* The backing file and bitmap options: consistent, and the backing file
@@ -126,7 +156,26 @@ static int check_backing(struct zcow_convert_options *o, const char *dst_format)
     return r < 0 ? r : 0;
 }
 
+/* Open O->src as the options say: an NBD source with a dirty bitmap or TLS
+ * settings (TLS, may be NULL) through the NBD client, read as raw. */
+static int open_source(const struct zcow_convert_options *o, const struct zcow_nbd_tls *tls,
+                       struct source **src)
+{
+    bool nbd = source_is_nbd(o->src);
+    if (nbd && (o->bitmap || tls) && o->src_format && strcmp(o->src_format, "raw"))
+        return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", o->src, o->src_format);
+    if (nbd && (o->bitmap || tls))
+        return source_nbd_open(o->src, o->bitmap, tls, src);
+    return source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, src);
+}
+
 int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats *st)
+{
+    return convert_tapped(o, NULL, st);
+}
+
+int convert_tapped(const struct zcow_convert_options *o, const struct convert_tap *tap,
+                   struct zcow_convert_stats *st)
 {
     struct zcow_convert_stats dummy;
     if (!st)
@@ -162,21 +211,60 @@ int zcow_convert(const struct zcow_convert_options *o, struct zcow_convert_stats
     bool src_tls = src_nbd && (!dst_nbd || is_tls_uri(o->src));
     if (!dst_nbd || (src_nbd && !is_tls_uri(o->dst)))
         oc.nbd_tls = (struct zcow_nbd_tls){ NULL, NULL, NULL };
-    if (src_nbd && (o->bitmap || src_tls) && o->src_format && strcmp(o->src_format, "raw"))
-        return zerr(EINVAL, "'%s': an NBD export is read as raw, not '%s'", o->src, o->src_format);
-    if (src_nbd && (o->bitmap || src_tls))
-        r = source_nbd_open(o->src, o->bitmap, src_tls ? tls : NULL, &src);
-    else
-        r = source_open(o->src, o->src_format, o->src_cache == ZCOW_CACHE_NONE, &src);
-    if (r < 0)
+    if ((r = open_source(o, src_tls ? tls : NULL, &src)) < 0)
         return r;
     st->bytes_in = src->size;
-    r = copy(o, src, dst_format, st);
+    r = copy(o, src, dst_format, tap, st);
     source_close(src);
     clock_gettime(CLOCK_MONOTONIC, &t1);
     st->seconds = (double)(t1.tv_sec - t0.tv_sec) + (double)(t1.tv_nsec - t0.tv_nsec) / 1e9;
     struct stat sb;
     if (r == 0 && stat(o->dst, &sb) == 0 && S_ISREG(sb.st_mode))
         st->bytes_out = (uint64_t)sb.st_size;
+    return r;
+}
+
+/* ---- digests ---------------------------------------------------------------- */
+
+int convert_digest(const struct zcow_convert_options *o, struct digest **dg)
+{
+    if (o->bitmap)
+        return zerr(EINVAL, "a digest covers the whole disk: no dirty bitmap");
+    const struct zcow_nbd_tls *tls = &o->nbd_tls;
+    bool nbd = source_is_nbd(o->src);
+    if (!nbd && (tls->certificates || tls->psk_file || tls->username))
+        return zerr(EINVAL, "'%s': TLS settings need an NBD source (nbds://, nbds+unix://)",
+                    o->src);
+    struct source *src;
+    int r = open_source(o, nbd ? tls : NULL, &src);
+    if (r < 0)
+        return r;
+    bool made = !*dg;
+    struct dest *dst;
+    if ((!made || (r = digest_new(src->size, dg)) == 0) &&
+        (r = dest_null_open(o->src, src->size, &dst)) == 0) {
+        struct convert_tap tap = { .digest = *dg };
+        struct zcow_convert_stats st;
+        r = run_engine(o, src, dst, &tap, &st);
+    }
+    source_close(src);
+    if (r < 0 && made) {
+        digest_free(*dg);
+        *dg = NULL;
+    }
+    return r;
+}
+
+int zcow_digest(const struct zcow_convert_options *o, char *hex, size_t size)
+{
+    if (!o || !o->src)
+        return zerr(EINVAL, "zcow_digest: missing source");
+    if (!hex || size < DIGEST_HEX_SIZE)
+        return zerr(ERANGE, "zcow_digest: room for %d bytes needed", DIGEST_HEX_SIZE);
+    struct digest *dg = NULL;
+    int r = convert_digest(o, &dg);
+    if (r == 0)
+        digest_final(dg, hex);
+    digest_free(dg);
     return r;
 }

@@ -86,4 +86,8 @@ int dest_raw_open(const struct zcow_convert_options *o, uint64_t size, struct de
  * zeroed where they do not read as zero, unless O->target_is_zero. */
 int dest_nbd_open(const struct zcow_convert_options *o, uint64_t size, struct dest **out);
 
+/* Nothing: every write is dropped (a run of the engine for its digest tap,
+ * engine.h).  NAME is for messages. */
+int dest_null_open(const char *name, uint64_t size, struct dest **out);
+
 #endif

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "blockio.h"
+#include "digest.h"
 #include "error.h"
 #include "pool.h"
 
@@ -66,6 +67,7 @@ struct engine {
     uint32_t segment, gran;
     uint64_t n_segments;
     bool copy;                  /* compressed clusters go across as they are */
+    struct digest *digest;      /* cfg->digest */
     atomic_ullong next_segment; /* the next to hand out; moved past long holes */
     atomic_ullong done_bytes;
     atomic_ullong n_copied;
@@ -86,18 +88,22 @@ static bool skippable(const struct engine *e, enum extent_kind kind)
     return kind == EXTENT_UNCHANGED || (kind == EXTENT_ZERO && e->dst->unwritten_is_zero);
 }
 
-/* Segments wholly inside a hole that reaches END are skipped: move the
- * shared counter past them, unless another job already did. */
-static void skip_hole(struct engine *e, uint64_t end)
+/* Segments wholly inside a hole of KIND that reaches END are skipped:
+ * move the shared counter past them, unless another job already did.  The
+ * job that moves it owns them: a zero hole clears their digest blocks. */
+static int skip_hole(struct engine *e, uint64_t end, enum extent_kind kind)
 {
     uint64_t target = end / e->segment;
     unsigned long long cur = atomic_load(&e->next_segment);
     while (cur < target) {
         if (atomic_compare_exchange_weak(&e->next_segment, &cur, target)) {
             atomic_fetch_add(&e->done_bytes, (target - cur) * e->segment);
-            return;
+            if (e->digest && kind == EXTENT_ZERO)
+                return digest_zero(e->digest, cur * e->segment, (target - cur) * e->segment);
+            return 0;
         }
     }
+    return 0;
 }
 
 /* The segment before AT ends in a skippable stretch: if it goes on past
@@ -108,7 +114,7 @@ static int skip_beyond(struct engine *e, uint64_t at)
     enum extent_kind kind = EXTENT_DATA;
     int r = e->src->ops->extent(e->src, at, e->size - at, &len, &kind);
     if (r == 0 && skippable(e, kind) && len >= e->segment)
-        skip_hole(e, at + len);
+        r = skip_hole(e, at + len, kind);
     return r;
 }
 
@@ -206,6 +212,18 @@ static int copy_range(struct engine *e, uint64_t off, uint64_t end, uint8_t *buf
     return 0;
 }
 
+/* The digest tap: what the stretch ST (its bytes at AT) makes of the
+ * disk.  Stretches are in whole granules, and granules in whole digest
+ * blocks. */
+static int tap(struct engine *e, const struct stretch *st, const uint8_t *at)
+{
+    if (st->kind == EXTENT_DATA)
+        return digest_data(e->digest, st->off, at, (size_t)(st->end - st->off));
+    if (st->kind == EXTENT_ZERO)
+        return digest_zero(e->digest, st->off, st->end - st->off);
+    return 0;
+}
+
 /* Write a planned segment read into SLOT's buffer (in copy mode, read and
  * copy its data now, cluster by cluster). */
 static int write_segment(struct engine *e, struct slot *slot)
@@ -215,7 +233,9 @@ static int write_segment(struct engine *e, struct slot *slot)
     for (unsigned i = 0; i < slot->plan.n; i++) {
         const struct stretch *st = &slot->plan.s[i];
         uint8_t *at = slot->buf + (st->off - seg_off);
-        int r = 0;
+        int r = e->digest && st->off < digest_size(e->digest) ? tap(e, st, at) : 0;
+        if (r < 0)
+            return r;
         if (st->kind == EXTENT_ZERO && !d->unwritten_is_zero)
             r = d->ops->zero(d, st->off, st->end - st->off);
         else if (st->kind == EXTENT_DATA && e->copy)
@@ -417,9 +437,17 @@ int engine_copy(struct source *src, struct dest *dst, const struct engine_config
         .size = dst->size,
         .segment = cfg->segment,
         .gran = dst->granularity,
-        .copy = src->ops->read_compressed && dst->ops->write_compressed,
+        .copy = src->ops->read_compressed && dst->ops->write_compressed && !cfg->digest,
+        .digest = cfg->digest,
     };
     memset(st, 0, sizeof(*st));
+    /* Whole digest blocks: a block partly data is read whole.  Both are
+     * powers of two. */
+    if (e.digest && e.gran < DIGEST_BLOCK)
+        e.gran = DIGEST_BLOCK;
+    if (e.digest && digest_size(e.digest) > e.size)
+        return zerr(EINVAL, "copy engine: a digest of %llu bytes, a copy of %llu",
+                    (unsigned long long)digest_size(e.digest), (unsigned long long)e.size);
     if (!e.segment || e.segment % e.gran || e.segment % BLK_ALIGN || !cfg->workers)
         return zerr(EINVAL, "copy engine: segment %u, granularity %u, %u workers", e.segment,
                     e.gran, cfg->workers);

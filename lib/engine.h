@@ -37,6 +37,8 @@
 #include "dest.h"
 #include "source.h"
 
+struct digest;
+
 struct engine_config {
     unsigned workers; /* writer threads (direct: each also reads), >= 1 */
     unsigned readers; /* read-ahead threads; 0: direct */
@@ -48,6 +50,13 @@ struct engine_config {
      * bytes done so far (never decreasing); NULL: none. */
     void (*progress)(void *opaque, uint64_t done, uint64_t total);
     void *progress_opaque;
+    /* NULL, or the digest (digest.h) of what is copied, [0, its size):
+     * DATA stretches are hashed as they are written, ZERO stretches
+     * (written or skipped) clear their blocks, UNCHANGED ones leave them
+     * as they were.  The engine then plans in whole digest blocks at
+     * least, and copies no compressed cluster as it is (its data would
+     * go unseen). */
+    struct digest *digest;
 };
 
 /* The settings zcow_convert uses for SRC to DST with THREADS workers (0:

@@ -2,7 +2,7 @@
 # Install the Debian packages zcow builds, tests and benchmarks with.
 # Only what is missing is installed; needs root (or sudo) when anything is.
 set -e
-pkgs="build-essential pkg-config zlib1g-dev libzstd-dev libisal-dev libnbd-dev
+pkgs="build-essential pkg-config zlib1g-dev libzstd-dev libisal-dev libnbd-dev libssl-dev
       qemu-utils python3 util-linux e2fsprogs clang libclang-rt-dev
       valgrind nbdkit openssl procps man-db groff-base
       libjansson-dev libvirt-dev libxml2-dev qemu-system-x86

@@ -12,7 +12,8 @@
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
 #      cache, table cache and writer tests, the 32-thread stress test, the copy
-#      engine and pool tests and a conversion with -j 4;
+#      engine (and its digest tap), pool and digest tests and a conversion
+#      with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -239,6 +240,8 @@ if has_stage c && built c-build; then
     # The copy engine and its pool: read-ahead, direct and copy modes.
     add c-test_engine "test_engine [tsan]" "$tsan_env" build-thread/tests/test_engine
     add c-test_pool "test_pool [tsan]" "$tsan_env" build-thread/tests/test_pool
+    # Block hashes given by several threads at once.
+    add c-test_digest "test_digest [tsan]" "$tsan_env" build-thread/tests/test_digest
     add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi

@@ -20,8 +20,12 @@
 #include <string.h>
 #include <time.h>
 
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+
 #include "blockio.h"
 #include "dest.h"
+#include "digest.h"
 #include "engine.h"
 #include "error.h"
 #include "unit.h"
@@ -377,8 +381,8 @@ static void on_progress(void *opaque, uint64_t done, uint64_t total)
     p->last = done;
 }
 
-static int run(struct world *w, const struct setup *su, struct progress *pr,
-               struct engine_stats *st)
+static int run_digest(struct world *w, const struct setup *su, struct progress *pr,
+                      struct engine_stats *st, struct digest *dg)
 {
     struct engine_config cfg = {
         .workers = su->workers,
@@ -386,11 +390,18 @@ static int run(struct world *w, const struct setup *su, struct progress *pr,
         .segment = su->segment,
         .progress = pr ? on_progress : NULL,
         .progress_opaque = pr,
+        .digest = dg,
     };
     if (pr)
         *pr = (struct progress){ .caller = pthread_self(), .total = su->size };
     struct engine_stats dummy;
     return engine_copy(&w->m.s, &w->t.d, &cfg, st ? st : &dummy);
+}
+
+static int run(struct world *w, const struct setup *su, struct progress *pr,
+               struct engine_stats *st)
+{
+    return run_digest(w, su, pr, st, NULL);
 }
 
 /* ---- tests ---------------------------------------------------------------------- */
@@ -649,9 +660,80 @@ static void test_bounded_memory(void)
     free_world(&w);
 }
 
+/* blkhash's construction over LEN bytes at P, straight from its
+ * definition, as lowercase hex. */
+static void reference_digest(const uint8_t *p, uint64_t len, char hex[DIGEST_HEX_SIZE])
+{
+    EVP_MD_CTX *outer = EVP_MD_CTX_new();
+    EVP_DigestInit_ex(outer, EVP_sha256(), NULL);
+    for (uint64_t off = 0; off < len; off += DIGEST_BLOCK) {
+        uint8_t h[32];
+        size_t n = len - off < DIGEST_BLOCK ? (size_t)(len - off) : DIGEST_BLOCK;
+        SHA256(p + off, n, h);
+        EVP_DigestUpdate(outer, h, 32);
+    }
+    uint8_t h[32];
+    EVP_DigestFinal_ex(outer, h, NULL);
+    EVP_MD_CTX_free(outer);
+    for (int i = 0; i < 32; i++)
+        sprintf(hex + 2 * i, "%02x", h[i]);
+}
+
+/* The digest tap: a digest that held OLD (the previous point) gets the
+ * source's digest, whatever the kinds, granules and modes: DATA hashed,
+ * ZERO cleared (written, skipped, or in a long hole skipped whole),
+ * UNCHANGED left (the source holds there what OLD held).  Compressed
+ * clusters are then not copied as they are. */
+static void test_digest_tap(void)
+{
+    uint64_t rng = unit_stream(6);
+    static struct world w;
+    for (unsigned mode = 0; mode < 64; mode++) {
+        struct setup su = {
+            .size = 6 * MiB + (mode & 16 ? 5 * KiB : 0),
+            .gran = mode & 1 ? 4 * KiB : 64 * KiB,
+            .segment = 256 * KiB,
+            .workers = mode & 2 ? 3 : 1,
+            .readers = mode & 4 ? 2 : 0,
+            .unwritten_is_zero = mode & 8,
+            .hole = 1 + (mode & 32 ? EXTENT_UNCHANGED : EXTENT_ZERO),
+            .compressed = mode % 7 == 0 && !(mode & 16),
+        };
+        char what[128];
+        snprintf(what, sizeof(what), "digest: gran %u, %u workers, %u readers, %s, %s hole%s",
+                 su.gran, su.workers, su.readers, su.unwritten_is_zero ? "reads zero" : "zeros",
+                 mode & 32 ? "unchanged" : "zero", su.compressed ? ", compressed" : "");
+        make_world(&w, &su, &rng);
+        /* The previous point: the source's bytes where they are
+         * UNCHANGED, other bytes elsewhere. */
+        uint8_t *old = malloc(su.size);
+        memcpy(old, w.m.data, su.size);
+        for (unsigned i = 0; i < w.m.n_ext; i++)
+            if (w.m.ext[i].kind != EXTENT_UNCHANGED)
+                unit_fill_random(&rng, old + w.m.ext[i].off, w.m.ext[i].end - w.m.ext[i].off);
+        struct digest *dg;
+        CHECK(digest_new(su.size, &dg) == 0);
+        CHECK(digest_data(dg, 0, old, su.size) == 0);
+        struct engine_stats st;
+        int r = run_digest(&w, &su, NULL, &st, dg);
+        CHECKF(r == 0, "%s: %d %s", what, r, zcow_get_error());
+        char got[DIGEST_HEX_SIZE], want[DIGEST_HEX_SIZE];
+        digest_final(dg, got);
+        reference_digest(w.m.data, su.size, want);
+        CHECKF(!strcmp(got, want), "%s: digest %s, want %s", what, got, want);
+        CHECKF(st.clusters_copied == 0 && atomic_load(&w.t.compressed) == 0,
+               "%s: %llu clusters copied compressed under a digest", what,
+               (unsigned long long)st.clusters_copied);
+        digest_free(dg);
+        free(old);
+        free_world(&w);
+    }
+}
+
 int main(void)
 {
     unit_init("test_engine");
+    test_digest_tap();
     test_kinds();
     test_partial_granules();
     test_compressed_copy();
