@@ -60,6 +60,17 @@ ALL_CFLAGS := -std=c11 -D_GNU_SOURCE -fPIC -pthread -MMD -MP $(WARN) $(CFLAGS) $
 LIBS := $(shell pkg-config --libs $(PKGS)) -pthread
 ALL_LDFLAGS := $(LDFLAGS) $(SAN_FLAGS)
 
+# The nbdkit plugin (plugin/zcow.c, nbdkit-plugin-dev): an NBD server of
+# libzcow images, built with the NBD side of zcow (not with NBD=no).  It
+# holds the library's objects it needs and exports only nbdkit's
+# plugin_init.  Installed into nbdkit's plugin directory, rebased from
+# nbdkit's prefix onto PREFIX (PLUGINDIR may be set).
+ifeq ($(NBD),yes)
+PLUGIN := $(BUILD)/nbdkit-zcow-plugin.so
+NBDKIT_PREFIX := $(shell pkg-config --variable=prefix nbdkit)
+PLUGINDIR ?= $(patsubst $(NBDKIT_PREFIX)/%,$(PREFIX)/%,$(shell pkg-config --variable=plugindir nbdkit))
+endif
+
 LIB_SRC := $(sort $(wildcard lib/*.c))
 NBD_ONLY := lib/source_nbd.c lib/nbd_client.c lib/dest_nbd.c tests/unit/test_source_nbd.c lib/qmp.c $(wildcard lib/backup*.c) \
             tests/unit/test_backup_dir.c
@@ -82,7 +93,7 @@ TEST_LIB_OBJ := $(filter-out $(BUILD)/lib/fault.o,$(LIB_OBJ)) $(BUILD)/lib/fault
 TEST_LIB := $(BUILD)/tests/libzcow-test.a
 FAULT_ZCOW := $(BUILD)/tests/zcow-fault
 
-all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc
+all: $(BUILD)/zcow $(BUILD)/libzcow.a $(BUILD)/libzcow.so $(BUILD)/zcow.pc $(PLUGIN)
 
 $(BUILD)/%.o: %.c $(BUILD)/%.d | $(BUILD)/config.h
 	@mkdir -p $(dir $@)
@@ -104,7 +115,7 @@ $(BUILD)/lib/fault-inject.o: lib/fault.c $(BUILD)/lib/fault-inject.d
 	$(CC) $(ALL_CFLAGS) -fvisibility=hidden -DZCOW_FAULT_INJECTION -c $< -o $@
 
 # An object without its .d file (never built with -MMD) is rebuilt.
-DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/lib/fault-inject.d
+DEPS := $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(BUILD)/lib/fault-inject.d $(BUILD)/plugin/zcow.d
 $(DEPS):
 
 # The static library holds one relocatable object in which only the names
@@ -131,6 +142,19 @@ $(BUILD)/libzcow.so: $(BUILD)/$(SONAME)
 
 $(BUILD)/zcow: $(CLI_OBJ) $(BUILD)/libzcow.a
 	$(CC) $(ALL_LDFLAGS) -o $@ $(CLI_OBJ) $(BUILD)/libzcow.a $(LIBS)
+
+$(BUILD)/plugin/zcow.o: plugin/zcow.c $(BUILD)/plugin/zcow.d | $(BUILD)/config.h
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) $(shell pkg-config --cflags nbdkit) -fvisibility=hidden -c $< -o $@
+
+# Linked from an archive of the library's objects (not libzcow.a's one
+# object), so that only those the writer needs come in, and with them only
+# zlib, libzstd and ISA-L, not libvirt and what it loads.
+$(BUILD)/plugin/libzcow-objs.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/nbdkit-zcow-plugin.so: $(BUILD)/plugin/zcow.o $(BUILD)/plugin/libzcow-objs.a
+	$(CC) -shared $(ALL_LDFLAGS) -Wl,--as-needed -Wl,--exclude-libs,ALL -o $@ $^ $(LIBS)
 
 # zcow.pc for the directories `make install` uses (PREFIX, LIBDIR, ...);
 # rewritten when they change.  Directories under PREFIX are written
@@ -183,12 +207,17 @@ install: all
 	for m in $(MAN_PAGES); do \
 	    $(INSTALL) -m 644 $$m $(DESTDIR)$(MANDIR)/man$${m##*.}/$${m#man/} || exit 1; \
 	done
+ifneq ($(PLUGIN),)
+	$(INSTALL) -d $(DESTDIR)$(PLUGINDIR)
+	$(INSTALL) -m 755 $(PLUGIN) $(DESTDIR)$(PLUGINDIR)/nbdkit-zcow-plugin.so
+endif
 
 uninstall:
 	rm -f $(DESTDIR)$(BINDIR)/zcow $(DESTDIR)$(INCLUDEDIR)/zcow.h \
 	    $(DESTDIR)$(LIBDIR)/$(SOFILE) $(DESTDIR)$(LIBDIR)/$(SONAME) $(DESTDIR)$(LIBDIR)/libzcow.so \
 	    $(DESTDIR)$(LIBDIR)/libzcow.a $(DESTDIR)$(PKGCONFIGDIR)/zcow.pc \
-	    $(foreach m,$(MAN_PAGES),$(DESTDIR)$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m)))
+	    $(foreach m,$(MAN_PAGES),$(DESTDIR)$(MANDIR)/man$(subst .,,$(suffix $(m)))/$(notdir $(m))) \
+	    $(if $(PLUGIN),$(DESTDIR)$(PLUGINDIR)/nbdkit-zcow-plugin.so)
 
 # The whole suite: normal build, then ASan+UBSan and TSan builds.
 check:

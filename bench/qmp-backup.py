@@ -11,6 +11,11 @@
         ran longer than TIMEOUT seconds (default 3600; the job is then
         cancelled), 1 on any other failure.  One line on stderr: the job's
         own time (blockdev-backup to BLOCK_JOB_COMPLETED) and its offset.
+    qmp-backup.py SOCK job NODE SOCKET nbd [TIMEOUT]
+        The same into an NBD export on the unix socket SOCKET (nbdkit zcow):
+        a node of driver nbd, and the job without compress (the export is
+        raw to QEMU; the server compresses).  Deleting the node flushes and
+        disconnects, which is when nbdkit zcow renames its image into place.
     qmp-backup.py SOCK drop-bitmaps NODE PREFIX
         Remove NODE's dirty bitmaps whose names start with PREFIX (those of
         a zcow backup directory that the benchmark deleted).
@@ -90,15 +95,21 @@ class EventQMP(QMP):
 
 def job(q, node, target, direct, timeout):
     tnode, job_id = "bench-target", "bench-backup"
-    q.cmd("blockdev-add", **{
-        "driver": "qcow2", "node-name": tnode,
-        "cache": {"direct": direct},
-        "file": {"driver": "file", "filename": os.path.abspath(target),
-                 "node-name": tnode + "-file", "cache": {"direct": direct}},
-    })
+    if direct == "nbd":
+        q.cmd("blockdev-add", **{
+            "driver": "nbd", "node-name": tnode,
+            "server": {"type": "unix", "path": os.path.abspath(target)},
+        })
+    else:
+        q.cmd("blockdev-add", **{
+            "driver": "qcow2", "node-name": tnode,
+            "cache": {"direct": direct},
+            "file": {"driver": "file", "filename": os.path.abspath(target),
+                     "node-name": tnode + "-file", "cache": {"direct": direct}},
+        })
     t0 = time.time()
     q.cmd("blockdev-backup", device=node, target=tnode, sync="full",
-          compress=True, **{"job-id": job_id})
+          compress=direct != "nbd", **{"job-id": job_id})
     ev = q.wait_job(job_id, t0 + timeout)
     rc = 0
     if ev is None:
@@ -132,9 +143,10 @@ def drop_bitmaps(q, node, prefix):
 
 def main():
     a = sys.argv[1:]
-    if len(a) in (5, 6) and a[1] == "job" and a[4] in ("on", "off"):
+    if len(a) in (5, 6) and a[1] == "job" and a[4] in ("on", "off", "nbd"):
         q = EventQMP(a[0])
-        sys.exit(job(q, a[2], a[3], a[4] == "on", float(a[5]) if len(a) > 5 else 3600))
+        mode = {"on": True, "off": False}.get(a[4], a[4])
+        sys.exit(job(q, a[2], a[3], mode, float(a[5]) if len(a) > 5 else 3600))
     if len(a) == 4 and a[1] == "drop-bitmaps":
         sys.exit(drop_bitmaps(EventQMP(a[0]), a[2], a[3]))
     sys.exit(__doc__.strip())

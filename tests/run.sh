@@ -12,8 +12,8 @@
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
 #      cache, table cache and writer tests, the 32-thread stress test, the copy
-#      engine (and its digest tap), pool and digest tests and a conversion
-#      with -j 4;
+#      engine (and its digest tap), pool and digest tests, the nbdkit plugin
+#      and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -242,6 +242,9 @@ if has_stage c && built c-build; then
     add c-test_pool "test_pool [tsan]" "$tsan_env" build-thread/tests/test_pool
     # Block hashes given by several threads at once.
     add c-test_digest "test_digest [tsan]" "$tsan_env" build-thread/tests/test_digest
+    # The nbdkit plugin: four connections writing one image at once.
+    add c-nbdkit-plugin "nbdkit-plugin [tsan]" "$tsan_env
+export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/nbdkit-plugin.sh
     add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi

@@ -4,7 +4,8 @@
 #   - bin/zcow, include/zcow.h, lib/libzcow.so -> libzcow.so.N ->
 #     libzcow.so.N.MINOR.PATCH (relative links), lib/libzcow.a,
 #     lib/pkgconfig/zcow.pc with prefix=/usr (not /usr/local), and every
-#     man page of man/ (zcow.1 and libzcow.3 at least) under share/man/manN;
+#     man page of man/ (zcow.1 and libzcow.3 at least) under share/man/manN,
+#     nbdkit-zcow-plugin.so in nbdkit's plugin directory under PREFIX;
 #   - a program (tests/abi/readimg.c) built with pkg-config against the
 #     installed files (PKG_CONFIG_PATH and PKG_CONFIG_SYSROOT_DIR into
 #     DESTDIR), linked to the installed .so and, with --static, to the .a,
@@ -69,6 +70,21 @@ for m in "${pages[@]}"; do
     fi
 done
 
+# The nbdkit plugin (not with NBD=no): in nbdkit's plugin directory moved
+# under PREFIX, loadable by nbdkit from there.
+plugindir=$(pkg-config --variable=plugindir nbdkit 2>/dev/null)
+plugindir=/usr/${plugindir#"$(pkg-config --variable=prefix nbdkit)"/}
+if [ -f "$bdir/nbdkit-zcow-plugin.so" ] && [ -n "$plugindir" ]; then
+    ip=$root$plugindir/nbdkit-zcow-plugin.so
+    if [ ! -f "$ip" ]; then
+        fail "the plugin is not installed as $ip"
+    elif ! out=$(nbdkit "$ip" --dump-plugin 2>&1) || ! grep -qx 'name=zcow' <<<"$out"; then
+        fail "nbdkit $ip --dump-plugin: $(echo "$out" | head -3 | tr '\n' ' ')"
+    else
+        pass
+    fi
+fi
+
 # A program built against the installed files only.
 export PKG_CONFIG_PATH=$u/lib/pkgconfig PKG_CONFIG_SYSROOT_DIR=$root
 cflags= libs= slibs=
@@ -108,7 +124,9 @@ unset PKG_CONFIG_PATH PKG_CONFIG_SYSROOT_DIR
 
 # The default prefix.
 inst "" "$work/root2"
-if [ -x "$work/root2/usr/local/bin/zcow" ] && grep -qx 'prefix=/usr/local' "$work/root2/usr/local/lib/pkgconfig/zcow.pc"; then
+if [ -x "$work/root2/usr/local/bin/zcow" ] && grep -qx 'prefix=/usr/local' "$work/root2/usr/local/lib/pkgconfig/zcow.pc" &&
+    { [ ! -f "$bdir/nbdkit-zcow-plugin.so" ] ||
+        [ -f "$work/root2/usr/local/${plugindir#/usr/}/nbdkit-zcow-plugin.so" ]; }; then
     pass
 else
     fail "make install without PREFIX: $(cd "$work/root2" && find . -type f | tr '\n' ' ')"

@@ -2,7 +2,7 @@
 # nbd-optional.sh - `make NBD=no` builds zcow without libnbd, and it works:
 #   - the build compiles no lib/source_nbd.c and links no -lnbd; neither
 #     libzcow.so nor zcow needs libnbd, nor has an undefined nbd_ symbol;
-#     zcow.pc does not require libnbd;
+#     zcow.pc does not require libnbd; no nbdkit plugin is built;
 #   - `zcow --version` says -nbd (and +nbd for $ZCOW, the default build);
 #   - an NBD URI is refused with one line, "NBD support was not built in",
 #     and no destination;
@@ -19,6 +19,11 @@ cd "$ROOT" || exit 1
 if ! plan=$(make -n NBD=no BUILD="$b" all 2>&1); then
     fail "make -n NBD=no: $(echo "$plan" | tail -3)"
     finish
+fi
+if grep -e 'nbdkit-zcow-plugin' <<<"$plan" >/dev/null; then
+    fail "make NBD=no builds the nbdkit plugin"
+else
+    pass
 fi
 if grep -e 'source_nbd\.c' -e '-lnbd\b' <<<"$plan" >/dev/null; then
     fail "make NBD=no compiles or links NBD: $(grep -e 'source_nbd\.c' -e '-lnbd\b' <<<"$plan" | head -2)"
