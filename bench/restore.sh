@@ -258,7 +258,8 @@ label() {
             [ -n "$w" ] || continue
             n=-
             [ $dest = nbd ] && n=$(fmt_s "$(medlist "${NBD_CPU[$k]:-}")")
-            o=$(fmt_mib "$(med $k out)" 1)
+            # (not med's: awk prints 4 GiB as 4.29497e+09)
+            o=$(awk -F'\t' -v k=$k '$1 == k && $10 == 0 {printf "%.0f", $7 / 1048576; exit}' "$RAW")
             [ $dest = nbd ] && o=-
             echo "| $dest | $(label $k) | $(fmt_s "$w") | $(each $k) | $(fmt_s "$(med $k cpu)") | $n | $(fmt_mib "$(med $k rss)" 1024) | $o | $(ratio "$w" "$q" 3) | $([ -n "$qn" ] && ratio "$w" "$qn" 3 || echo -) |"
         done
