@@ -6,8 +6,9 @@
 #   - a loop device filled with garbage first (its holes must be zeroed),
 #     and with --target-is-zero (zeroed first: equal; garbage: the holes
 #     keep it, so the option does skip them);
-#   - an uncompressed qcow2 image: qemu-img check clean, no compressed
-#     cluster, holes unallocated, and QEMU writes to it afterwards;
+#   - an uncompressed qcow2 image: through O_DIRECT (none of it in the page
+#     cache), qemu-img check clean, no compressed cluster, holes
+#     unallocated, and QEMU writes to it afterwards;
 #   - NBD exports by qemu-nbd: a fresh qcow2 (a new VM's disk, --shared=4:
 #     multi-conn) over a Unix socket and a raw file of garbage over TCP;
 #     qemu-nbd is killed (-9) right after each restore, so that what zcow
@@ -27,7 +28,7 @@
 # devices need root: without them those cases are skipped, not failed.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/backup-functions.sh"
-requires qemu-img qemu-io qemu-nbd qemu-system-x86_64 python3 cmp
+requires qemu-img qemu-io qemu-nbd qemu-system-x86_64 python3 cmp fincore
 requires_zcow
 requires_nbd_support
 
@@ -113,6 +114,9 @@ for p in 1 3; do
     [ $p = 1 ] && args=() || args=(-O qcow2)
     restore "qcow2, point $p" "${args[@]}" --point $p "$DIR" "$work/q$p.qcow2"
     q=$work/q$p.qcow2
+    # Written through O_DIRECT: nothing of it in the page cache.
+    pages=$(fincore -n -o PAGES "$q" | awk '{print $1 + 0}')
+    [ "$pages" = 0 ] && pass || fail "qcow2, point $p: $pages pages in the page cache"
     out=$(qemu-img check "$q" 2>&1) && pass || fail "qcow2, point $p: qemu-img check: $out"
     same "qcow2" $p "$q" qcow2
     # No compressed cluster (qemu-img check counts them).
