@@ -12,7 +12,8 @@
 #      (build-address-undefined/);
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
 #      cache, table cache and writer tests, the 32-thread stress test, the copy
-#      engine (and its digest tap), pool and digest tests, the nbdkit plugin
+#      engine (and its digest tap), pool and digest tests, the nbdkit plugin,
+#      restores into NBD exports over several connections (restore-dest.sh)
 #      and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
@@ -245,6 +246,10 @@ if has_stage c && built c-build; then
     # The nbdkit plugin: four connections writing one image at once.
     add c-nbdkit-plugin "nbdkit-plugin [tsan]" "$tsan_env
 export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/nbdkit-plugin.sh
+    # Restores into NBD exports over several connections (the NBD client's
+    # pool), block devices and uncompressed qcow2 (~30 s).
+    add c-restore-dest "restore-dest [tsan]" "$tsan_env
+export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/restore-dest.sh
     add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi
