@@ -10,7 +10,9 @@
 # (--tls-certificates, --tls-psk-file, --tls-username), and the URI's value
 # wins over the option's; libnbd's default certificate directory
 # (~/.pki/libnbd, as a user other than root) is used when none is given.
-# Every image is judged by qemu-img.  Then the failures, each one line
+# Every image is judged by qemu-img.  zcow convert also writes into
+# writable exports over TLS (X.509, PSK), and from a TLS export into one
+# without TLS (the settings go to the end with TLS).  Then the failures, each one line
 # naming the URI and the cause, a non-zero exit and no image left: a server
 # certificate from another CA, no client certificate, a wrong PSK key or
 # user, X.509 against PSK, plain NBD against a TLS-only server, TLS
@@ -204,6 +206,37 @@ convert_and_judge "tls-username= in the URI over --tls-username" \
     --tls-psk-file "$work/alice.psk" --tls-username bob "$psk_unix&tls-username=alice"
 convert_and_judge "NAME@ in the URI over tls-username=" \
     "nbds://alice@127.0.0.1:$psk_port/disk?tls-psk-file=$work/alice.psk&tls-username=bob"
+
+# TLS destinations (zcow convert into an export, as zcow restore writes one):
+# the settings go to the NBD end with TLS, the other end may be NBD without.
+# write_and_cmp LABEL SERVER-TLS-ARGS -- ZCOW-ARGS... (the last the URI,
+# with @SOCK@ for the writable server's socket)
+n_w=0
+write_and_cmp() {
+    local label=$1 sargs=() out uri
+    shift
+    while [ "$1" != -- ]; do sargs+=("$1"); shift; done
+    shift
+    n_w=$((n_w + 1))
+    truncate -s "$(stat -c %s "$src")" "$work/w$n_w.raw"
+    qemu-nbd --fork --pid-file="$work/w$n_w.pid" -t -k "$work/w$n_w.sock" -f raw --shared=4 \
+        "${sargs[@]}" "$work/w$n_w.raw" || { fail "$label: qemu-nbd did not start"; return; }
+    cleanup_fn nbd_stop "w$n_w"
+    local args=("${@//@SOCK@/$work/w$n_w.sock}")
+    if out=$("$ZCOW" convert -q "${args[@]}" 2>&1 </dev/null) && cmp -s "$src" "$work/w$n_w.raw"; then
+        pass
+    else
+        fail "$label: ${out:-the export differs from the source}"
+    fi
+}
+write_and_cmp "into X.509 Unix socket, --tls-certificates, -j 4" \
+    --object "$x509_obj" --tls-creds tls0 -- \
+    -j 4 --tls-certificates "$client_dir" "$src" "nbds+unix:///?socket=@SOCK@"
+write_and_cmp "into PSK Unix socket, --tls-psk-file, --tls-username" \
+    --object "$psk_obj" --tls-creds tls0 -- \
+    --tls-psk-file "$work/alice.psk" --tls-username alice "$src" "nbds+unix:///?socket=@SOCK@"
+write_and_cmp "from X.509 (--tls-certificates) into NBD without TLS" -- \
+    --tls-certificates "$client_dir" "$x509_unix" "nbd+unix:///?socket=@SOCK@"
 
 # libnbd's default certificate directory: ~/.pki/libnbd of a user other than
 # root (root's is /etc/pki/libnbd, which a test must not write).
