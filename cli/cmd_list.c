@@ -17,15 +17,16 @@ static const char list_usage[] =
     "usage: zcow list [--output=human|json] DIR\n"
     "\n"
     "  The points of every disk backed up in DIR: number, time, level,\n"
-    "  virtual size and the bytes the point's image stores.\n";
+    "  virtual size, the bytes the point's image stores, and the content\n"
+    "  digest of the disk at the point (as zcow digest prints it).\n";
 
 /* The human table of zcow_backup_list()'s JSON. */
 static void print_points(const char *text)
 {
 #ifdef ZCOW_HAVE_NBD
     json_t *points = json_loads(text, 0, NULL);
-    printf("%-10s %6s  %-19s  %-5s %12s  %12s\n", "DISK", "POINT", "TIME", "LEVEL", "VIRTUAL",
-           "STORED");
+    printf("%-10s %6s  %-19s  %-5s %12s  %12s  %s\n", "DISK", "POINT", "TIME", "LEVEL", "VIRTUAL",
+           "STORED", "DIGEST (sha256/64k, as zcow digest prints it)");
     size_t i;
     json_t *p;
     json_array_foreach(points, i, p)
@@ -37,10 +38,14 @@ static void print_points(const char *text)
                         sizeof(vsize));
         cli_human_bytes((uint64_t)json_integer_value(json_object_get(p, "stored-bytes")), stored,
                         sizeof(stored));
-        printf("%-10s %6" JSON_INTEGER_FORMAT "  %-19s  %-5s %12s  %12s\n",
+        /* "sha256/64k:HEX": the hex; points older than digests have none. */
+        const char *digest = json_string_value(json_object_get(p, "digest"));
+        const char *colon = digest ? strchr(digest, ':') : NULL;
+        printf("%-10s %6" JSON_INTEGER_FORMAT "  %-19s  %-5s %12s  %12s  %s\n",
                json_string_value(json_object_get(p, "disk")),
                json_integer_value(json_object_get(p, "number")), when,
-               json_string_value(json_object_get(p, "level")), vsize, stored);
+               json_string_value(json_object_get(p, "level")), vsize, stored,
+               colon ? colon + 1 : "no digest");
     }
     json_decref(points);
 #else

@@ -367,6 +367,12 @@ ZCOW_API int zcow_convert_opts_set_progress(zcow_convert_opts *o, zcow_progress_
 ZCOW_API int zcow_convert_opts_set_target_is_zero(zcow_convert_opts *o, bool on);
 ZCOW_API bool zcow_convert_opts_get_target_is_zero(const zcow_convert_opts *o);
 
+/* zcow_backup_restore() compares the digest of what it wrote with the one
+ * the point records, and fails when they differ (default true); false
+ * skips the digest, and its cost.  zcow_convert() ignores it.  Since 0.3. */
+ZCOW_API int zcow_convert_opts_set_verify(zcow_convert_opts *o, bool on);
+ZCOW_API bool zcow_convert_opts_get_verify(const zcow_convert_opts *o);
+
 /* Incremental backups: NULL (the default), or the name of a dirty bitmap
  * of the NBD source (meta context "qemu:dirty-bitmap:NAME").  Only its
  * dirty clusters are copied (a cluster partly dirty, whole); the clean
@@ -499,14 +505,20 @@ ZCOW_API int zcow_backup(const zcow_backup_opts *o);
 /* The points of every disk in DIR, as a JSON array (*JSON, to free()):
  * objects with "disk", "number", "time" (seconds since the epoch),
  * "level" ("full" or "inc"), "virtual-size", "stored-bytes" and "file"
- * (the image, relative to DIR).  Members may be added. */
+ * (the image, relative to DIR), and since 0.3 "digest" ("sha256/64k:HEX",
+ * the disk's content digest at the point, as zcow_digest() computes it)
+ * and "blkhash" (its block hashes, relative to DIR); points made before
+ * 0.3 have neither.  Members may be added. */
 ZCOW_API int zcow_backup_list(const char *dir, char **json);
 
 /* Restore point POINT (0: the latest) of DISK (NULL: DIR's only disk) as
  * C says: its destination and format (raw: a sparse file, a block device
  * or an NBD export; qcow2: an image, uncompressed when C's create options
  * say compress off) and the rest; its source is the point, whose chain is
- * read once, never flattened to an intermediate file. */
+ * read once, never flattened to an intermediate file.  What is written is
+ * hashed on the way; when its digest is not the point's, -EILSEQ (the
+ * message names the point), and a file is not put in place (unless C's
+ * verify option is off; a point without a digest is not verified). */
 ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t point,
                                  const zcow_convert_opts *c);
 

@@ -4,7 +4,11 @@
  *   the VM reached, its leftovers removed      drv->open
  *   the disks, and each one's level            drv->find_disks, why_not_inc
  *   every disk frozen at one point, exported   drv->start
- *   each disk read into its point              zcow_convert (NBD source)
+ *   each disk's block hashes: new, or the last  digest.h
+ *   point's (before the freeze: they may take
+ *   reading that point)
+ *   each disk read into its point, hashed       convert_tapped (NBD source)
+ *   on the way; its block hashes saved
  *   the points recorded, all at once           manifest replaced by rename
  *   the freeze undone, tracking settled        drv->finish */
 #include "backup.h"
@@ -19,6 +23,8 @@
 #include <time.h>
 
 #include "backup_dir.h"
+#include "convert.h"
+#include "digest.h"
 #include "error.h"
 #include "options.h"
 
@@ -151,7 +157,8 @@ static int copy_disk(struct backup_run *r, struct backup_disk *k, json_t **point
     c.create.backing_file = prev;
     c.create.backing_format = prev ? "qcow2" : NULL;
     struct zcow_convert_stats st;
-    if ((e = zcow_convert(&c, &st)) < 0)
+    struct convert_tap tap = { .digest = k->digest };
+    if ((e = convert_tapped(&c, &tap, &st)) < 0)
         goto out;
     struct stat sb;
     uint64_t stored = stat(dst, &sb) == 0 ? (uint64_t)sb.st_size : 0;
@@ -159,13 +166,83 @@ static int copy_disk(struct backup_run *r, struct backup_disk *k, json_t **point
                        (json_int_t)time(NULL), "level", k->inc ? "inc" : "full", "file", k->name,
                        "/", strrchr(dst, '/') + 1, "virtual-size", (json_int_t)k->size,
                        "stored-bytes", (json_int_t)stored);
-    if (!*point)
+    if (!*point) {
         e = zerr(ENOMEM, "out of memory");
+        goto out;
+    }
+    /* The block hashes beside the image, before the manifest names it. */
+    char hex[DIGEST_HEX_SIZE];
+    digest_final(k->digest, hex);
+    char *name = backup_dir_blkhash_name(json_string_value(json_object_get(*point, "file")));
+    char *hashes = name ? backup_fmt("%s/%s", r->d->path, name) : NULL;
+    if (!hashes)
+        e = zerr(ENOMEM, "out of memory");
+    else if ((e = digest_save(k->digest, hashes)) == 0 &&
+             (json_object_set_new(*point, "digest", json_pack("s+", BACKUP_DIGEST_PREFIX, hex)) <
+                  0 ||
+              json_object_set_new(*point, "blkhash", json_string(name)) < 0))
+        e = zerr(ENOMEM, "out of memory");
+    free(name);
+    free(hashes);
 out:
     free(sub);
     free(dst);
     free(prev);
     return e;
+}
+
+/* The block hashes of the previous point of K, for its incremental: its
+ * block-hash file, checked against its digest; else (a point made before
+ * digests, a file missing or damaged) read from its images.  A point
+ * whose images do not give the digest it records is no base for an
+ * incremental. */
+static int prepare_digest(struct backup_run *r, struct backup_disk *k)
+{
+    if (!k->inc)
+        return digest_new(k->size, &k->digest);
+    json_t *prev = backup_dir_last_point(k->entry);
+    uint64_t n = (uint64_t)json_integer_value(json_object_get(prev, "number"));
+    const char *want = backup_dir_point_digest(prev);
+    char *path = backup_dir_blkhash_path(r->d, prev);
+    char hex[DIGEST_HEX_SIZE];
+    int e = 0;
+    if (want && path && (e = digest_load(path, k->size, &k->digest)) == 0) {
+        digest_final(k->digest, hex);
+        if (!strcmp(hex, want)) {
+            free(path);
+            return 0;
+        }
+        e = zerr(EINVAL, "'%s' does not give the digest point %" PRIu64 " records", path, n);
+        digest_free(k->digest);
+        k->digest = NULL;
+    }
+    free(path);
+    if (e < 0)
+        backup_say(r, "%s: %s: reading point %" PRIu64 " for its block hashes", k->name,
+                   zcow_get_error(), n);
+    else
+        backup_say(r, "%s: point %" PRIu64 " has no digest: reading it for its block hashes",
+                   k->name, n);
+    struct zcow_convert_options c = *r->o->convert;
+    char *image = backup_dir_file(r->d, prev);
+    if (!image)
+        return zerr(ENOMEM, "out of memory");
+    c.src = image;
+    c.src_format = "qcow2";
+    c.bitmap = NULL;
+    c.progress = NULL;
+    c.nbd_tls = (struct zcow_nbd_tls){ NULL, NULL, NULL };
+    e = convert_digest(&c, &k->digest);
+    free(image);
+    if (e < 0)
+        return e;
+    digest_final(k->digest, hex);
+    if (want && strcmp(hex, want))
+        return zerr(EILSEQ,
+                    "disk '%s': point %" PRIu64 " does not hold what its digest says (%s%s, read "
+                    "%s%s): take a full backup (--level full)",
+                    k->name, n, BACKUP_DIGEST_PREFIX, want, BACKUP_DIGEST_PREFIX, hex);
+    return 0;
 }
 
 /* The manifest knows one way of reaching the VM per DIR: its bitmaps (or
@@ -193,6 +270,7 @@ static void free_run(struct backup_run *r)
         free(k->new_track);
         free(k->uri);
         free(k->export_bitmap);
+        digest_free(k->digest);
     }
     free(r->disks);
     backup_dir_close(r->d);
@@ -237,6 +315,8 @@ int backup_run(const struct backup_options *o)
         goto out_close;
     for (size_t i = 0; i < r.n && e == 0; i++)
         e = choose_level(&r, &r.disks[i]);
+    for (size_t i = 0; i < r.n && e == 0; i++)
+        e = prepare_digest(&r, &r.disks[i]);
     if (e < 0)
         goto out_close;
 

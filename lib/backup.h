@@ -55,6 +55,7 @@ int backup_run(const struct backup_options *o);
 
 struct backup_run;
 struct backup_dir;
+struct digest;
 
 /* A disk of the run.  The driver fills name and size (find_disks), says
  * whether the disk's tracking (bitmap, checkpoint) allows an incremental
@@ -70,6 +71,8 @@ struct backup_disk {
     char *new_track;     /* the driver's, for the next point */
     char *uri;           /* the frozen disk, over NBD */
     char *export_bitmap; /* its dirty bitmap on the export (inc only) */
+    struct digest *digest; /* the point's block hashes: new for a full, the
+                              previous point's for an incremental */
     void *priv;          /* the driver's */
 };
 

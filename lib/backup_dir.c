@@ -13,6 +13,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "convert.h"
+#include "digest.h"
 #include "error.h"
 #include "fault.h"
 #include "options.h"
@@ -37,6 +39,27 @@ bool backup_dir_valid_disk_name(const char *name)
               *p == '-' || *p == '_' || *p == '.'))
             return false;
     return true;
+}
+
+/* A point's digest and block-hash file, when it has them: the digest
+ * "sha256/64k:" and 64 lowercase hex digits, the file "DISK/NNNNNN.blkhash"
+ * (which of the disk's points, zcow verify judges). */
+static bool digest_ok(const char *disk, json_t *p)
+{
+    json_t *dg = json_object_get(p, "digest"), *bh = json_object_get(p, "blkhash");
+    if (!dg)
+        return !bh;
+    const char *v = json_string_value(dg);
+    size_t n = strlen(BACKUP_DIGEST_PREFIX);
+    if (!v || strncmp(v, BACKUP_DIGEST_PREFIX, n) || strlen(v + n) != 64 ||
+        strspn(v + n, "0123456789abcdef") != 64)
+        return false;
+    if (!bh)
+        return true;
+    const char *f = json_string_value(bh);
+    size_t d = strlen(disk);
+    return f && !strncmp(f, disk, d) && f[d] == '/' && strlen(f + d + 1) == 14 &&
+           strspn(f + d + 1, "0123456789") == 6 && !strcmp(f + d + 7, ".blkhash");
 }
 
 /* A manifest we can trust the shape of: every member we read later has
@@ -72,7 +95,7 @@ static int check_manifest(const char *path, json_t *m)
                 !json_is_string(json_object_get(p, "file")) ||
                 !json_is_integer(json_object_get(p, "virtual-size")) ||
                 !json_is_integer(json_object_get(p, "time")) || !level ||
-                (strcmp(level, "full") && strcmp(level, "inc")))
+                (strcmp(level, "full") && strcmp(level, "inc")) || !digest_ok(name, p))
                 return zerr(EINVAL, "'%s': point %zu of disk '%s' is malformed", path, i, name);
             if (i > 0 && json_integer_value(n) <= json_integer_value(json_object_get(
                                                       json_array_get(points, i - 1), "number")))
@@ -88,13 +111,14 @@ static bool is_xml(const char *name)
     return n > 4 && !strcmp(name + n - 4, ".xml");
 }
 
-/* Is NAME an image of a point ("000007.qcow2") or a temporary file of a
- * point being written? */
+/* Is NAME an image of a point ("000007.qcow2"), its block-hash file
+ * ("000007.blkhash") or a temporary file of a point being written? */
 static bool point_file(const char *name)
 {
     size_t n = strlen(name);
     bool image = n == 12 && strspn(name, "0123456789") == 6 && !strcmp(name + 6, ".qcow2");
-    return image || strstr(name, ".zcow-tmp-") != NULL;
+    bool hashes = n == 14 && strspn(name, "0123456789") == 6 && !strcmp(name + 6, ".blkhash");
+    return image || hashes || strstr(name, ".zcow-tmp-") != NULL;
 }
 
 /* Does DIR/SUB hold only files for which KEEP says yes? */
@@ -330,16 +354,22 @@ char *backup_dir_point_path(const struct backup_dir *d, const char *disk, uint64
     return asprintf(&p, "%s/%s/%06" PRIu64 ".qcow2", d->path, disk, n) < 0 ? NULL : p;
 }
 
-/* Is NAME ("000007.qcow2") the image of a point of DISK? */
+/* Does FILE ("vda/000007.qcow2") name NAME ("000007.qcow2")? */
+static bool names(const char *file, const char *name)
+{
+    const char *slash = file ? strrchr(file, '/') : NULL;
+    return slash && !strcmp(slash + 1, name);
+}
+
+/* Is NAME ("000007.qcow2", "000007.blkhash") a file of a point of DISK? */
 static bool named_point(json_t *disk, const char *name)
 {
     size_t i;
     json_t *p;
     json_array_foreach(json_object_get(disk, "points"), i, p)
     {
-        const char *file = json_string_value(json_object_get(p, "file"));
-        const char *slash = file ? strrchr(file, '/') : NULL;
-        if (slash && !strcmp(slash + 1, name))
+        if (names(json_string_value(json_object_get(p, "file")), name) ||
+            names(json_string_value(json_object_get(p, "blkhash")), name))
             return true;
     }
     return false;
@@ -448,6 +478,27 @@ char *backup_dir_file(const struct backup_dir *d, json_t *point)
     return join(d->path, json_string_value(json_object_get(point, "file")));
 }
 
+const char *backup_dir_point_digest(json_t *point)
+{
+    const char *v = json_string_value(json_object_get(point, "digest"));
+    return v ? v + strlen(BACKUP_DIGEST_PREFIX) : NULL;
+}
+
+char *backup_dir_blkhash_path(const struct backup_dir *d, json_t *point)
+{
+    const char *bh = json_string_value(json_object_get(point, "blkhash"));
+    return bh ? join(d->path, bh) : NULL;
+}
+
+char *backup_dir_blkhash_name(const char *file)
+{
+    size_t n = file ? strlen(file) : 0;
+    char *p;
+    if (n < 6 || strcmp(file + n - 6, ".qcow2"))
+        return NULL;
+    return asprintf(&p, "%.*s.blkhash", (int)(n - 6), file) < 0 ? NULL : p;
+}
+
 int backup_dir_restore(const char *path, const char *disk, uint64_t point,
                        const struct zcow_convert_options *conv)
 {
@@ -467,7 +518,21 @@ int backup_dir_restore(const char *path, const char *disk, uint64_t point,
     c.src = image;
     c.src_format = "qcow2";
     struct zcow_convert_stats st;
-    e = zcow_convert(&c, &st);
+    /* What is written is hashed on the way and checked against the
+     * point's digest before the destination is put in place. */
+    const char *want = conv->no_verify ? NULL : backup_dir_point_digest(p);
+    struct digest *dg = NULL;
+    char what[300];
+    snprintf(what, sizeof(what), "point %" JSON_INTEGER_FORMAT " of disk '%s'",
+             json_integer_value(json_object_get(p, "number")), disk);
+    struct convert_tap tap = { .expect = want, .what = what };
+    if (want &&
+        (e = digest_new((uint64_t)json_integer_value(json_object_get(p, "virtual-size")), &dg)) < 0)
+        goto out_image;
+    tap.digest = dg;
+    e = convert_tapped(&c, want ? &tap : NULL, &st);
+    digest_free(dg);
+out_image:
     free(image);
 out:
     backup_dir_close(d);

@@ -5,6 +5,8 @@
  *     DIR/.lock                 flock()ed by whoever changes DIR
  *     DIR/DISK/NNNNNN.qcow2     point NNNNNN of DISK; an incremental names
  *                               the point before it as its backing file
+ *     DIR/DISK/NNNNNN.blkhash   its block hashes (digest.h), which the next
+ *                               incremental starts from
  *
  * The manifest (JSON, read and written with jansson):
  *
@@ -16,12 +18,18 @@
  *                                         "level": "full" | "inc",
  *                                         "file": "vda/000003.qcow2",
  *                                         "virtual-size": N,
- *                                         "stored-bytes": N }, ... ] } } }
+ *                                         "stored-bytes": N,
+ *                                         "digest": "sha256/64k:HEX",
+ *                                         "blkhash": "vda/000003.blkhash"
+ *                                       }, ... ] } } }
  *
  * "bitmap" is the dirty bitmap (or libvirt checkpoint) that records the
  * disk's changes since its last point: the next incremental reads it.  A
  * point appears only once its image is complete: the image is renamed
- * into place, then the manifest is replaced by rename. */
+ * into place, its block hashes saved beside it, then the manifest is
+ * replaced by rename.  "digest" is the content digest of the disk at the
+ * point (zcow digest), computed from what the backup read; points made
+ * before zcow 0.3 have neither it nor "blkhash". */
 #ifndef ZCOW_BACKUP_DIR_H
 #define ZCOW_BACKUP_DIR_H
 
@@ -87,8 +95,18 @@ char *backup_dir_file(const struct backup_dir *d, json_t *point);
 char *backup_dir_point_path(const struct backup_dir *d, const char *disk, uint64_t n);
 char *backup_dir_point_name(uint64_t n);
 
-/* Remove what a failed attempt may have left in DIR: temporary images
- * (*.zcow-tmp-*), and images of points the manifest does not name. */
+/* The digest POINT records, as hex (NULL: none, a point made before
+ * digests), and the path of its block-hash file in D (NULL: none). */
+const char *backup_dir_point_digest(json_t *point);
+char *backup_dir_blkhash_path(const struct backup_dir *d, json_t *point);
+/* The manifest's name of the block-hash file beside the image FILE
+ * ("vda/000003.qcow2" -> "vda/000003.blkhash"), to free(). */
+char *backup_dir_blkhash_name(const char *file);
+#define BACKUP_DIGEST_PREFIX "sha256/64k:"
+
+/* Remove what a failed attempt may have left in DIR: temporary files
+ * (*.zcow-tmp-*), and images and block-hash files of points the manifest
+ * does not name. */
 int backup_dir_clean(struct backup_dir *d);
 
 /* Disk names become file names: letters, digits, '-', '_', '.', not

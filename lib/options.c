@@ -211,6 +211,15 @@ bool zcow_convert_opts_get_target_is_zero(const zcow_convert_opts *o)
     return o->target_is_zero != 0;
 }
 
+int zcow_convert_opts_set_verify(zcow_convert_opts *o, bool on)
+{
+    MISSING(o);
+    o->no_verify = !on;
+    return 0;
+}
+
+bool zcow_convert_opts_get_verify(const zcow_convert_opts *o) { return !o->no_verify; }
+
 int create_options_check_cache_clusters(unsigned clusters)
 {
     if (clusters > MAX_CACHE_CLUSTERS)

@@ -66,6 +66,7 @@ struct zcow_convert_options {
                                     destination) */
     int target_is_zero;          /* an existing destination reads as zero:
                                     its zero stretches are not written */
+    int no_verify;               /* zcow_backup_restore(): no digest check */
 };
 
 struct zcow_convert_stats {

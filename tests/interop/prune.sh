@@ -127,7 +127,7 @@ echo "$out" | grep -q "^vda: point 8 is now a full: [1-9][0-9]* compressed clust
     pass || fail "prune said: $out"
 echo "$out" | grep -q "^vda: dropped 7 points (1 to 7)$" && pass || fail "prune said: $out"
 [ "$(listed "$A" | tr '\n' ' ')" = "8 9 10 " ] && pass || fail "kept $(listed "$A" | tr '\n' ' ')"
-[ "$(ls "$A/vda" | tr '\n' ' ')" = "000008.qcow2 000009.qcow2 000010.qcow2 " ] && pass ||
+[ "$(ls "$A/vda" | tr '\n' ' ')" = "000008.blkhash 000008.qcow2 000009.blkhash 000009.qcow2 000010.blkhash 000010.qcow2 " ] && pass ||
     fail "left in vda/: $(ls "$A/vda" | tr '\n' ' ')"
 for i in 8 9 10; do restores "$A" $i "prune"; done
 for f in "$A"/vda/*.qcow2; do qemu-img check -q "$f" && pass || fail "qemu-img check $f"; done
@@ -172,7 +172,7 @@ after_prune_kill() {
     out=$("$ZCOW" prune -q --keep 3 "$d" 2>&1) || fail "$label: the next prune failed: $out"
     [ "$(listed "$d" | tr '\n' ' ')" = "8 9 10 " ] && pass ||
         fail "$label: after the next prune: points $(listed "$d" | tr '\n' ' ')"
-    [ "$(ls -A "$d/vda" | tr '\n' ' ')" = "000008.qcow2 000009.qcow2 000010.qcow2 " ] && pass ||
+    [ "$(ls -A "$d/vda" | tr '\n' ' ')" = "000008.blkhash 000008.qcow2 000009.blkhash 000009.qcow2 000010.blkhash 000010.qcow2 " ] && pass ||
         fail "$label: left in vda/: $(ls -A "$d/vda" | tr '\n' ' ')"
     [ -z "$(backing "$(img "$d" 8)")" ] && pass || fail "$label: point 8 is not a full"
     restores "$d" 8 "$label, finished"
