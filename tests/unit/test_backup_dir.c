@@ -1,7 +1,8 @@
 /* test_backup_dir.c - the backup directory: manifests written and read
- * back, malformed manifests refused with a message (never trusted), the
- * lock, disk names that could not be file names, and the clean-up of what
- * a failed backup left (temporary images, images of no point). */
+ * back, malformed manifests refused with a message (never trusted: digests
+ * and block-hash files of the wrong shape too), the lock, disk names that
+ * could not be file names, and the clean-up of what a failed backup left
+ * (temporary files, images and block-hash files of no point). */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -51,7 +52,22 @@ static const char good[] =
     "{\"number\": 1, \"time\": 1, \"level\": \"full\", \"file\": \"vda/000001.qcow2\", "
     "\"virtual-size\": 1048576, \"stored-bytes\": 1},"
     "{\"number\": 2, \"time\": 2, \"level\": \"inc\", \"file\": \"vda/000002.qcow2\", "
-    "\"virtual-size\": 1048576, \"stored-bytes\": 1}]}}}";
+    "\"virtual-size\": 1048576, \"stored-bytes\": 1, \"digest\": \"sha256/64k:"
+    "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\", "
+    "\"blkhash\": \"vda/000002.blkhash\"}]}}}";
+
+/* A manifest of one point with DIGEST and BLKHASH (JSON values, or NULL:
+ * absent). */
+static void point_with(char *buf, size_t cap, const char *digest, const char *blkhash)
+{
+    snprintf(buf, cap,
+             "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+             "{\"vda\": {\"bitmap\": null, \"points\": [{\"number\": 1, \"time\": 1, "
+             "\"level\": \"full\", \"file\": \"vda/000001.qcow2\", \"virtual-size\": 1"
+             "%s%s%s%s}]}}}",
+             digest ? ", \"digest\": " : "", digest ? digest : "", blkhash ? ", \"blkhash\": " : "",
+             blkhash ? blkhash : "");
+}
 
 int main(void)
 {
@@ -117,6 +133,44 @@ int main(void)
         "{\"number\": 1, \"time\": 1, \"level\": \"inc\", \"file\": \"b\", "
         "\"virtual-size\": 1}]}}}",
         EINVAL);
+    /* Digests: "sha256/64k:" and 64 lowercase hex digits; block-hash
+     * files in their disk's directory, and only with a digest. */
+    char m[1024];
+    const char *hex = "\"sha256/64k:00112233445566778899aabbccddeeff00112233445566778899aabb"
+                      "ccddeeff\"";
+    static const char *bad_digests[] = {
+        "1",
+        "\"sha256/64k:0011\"",
+        "\"md5/64k:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\"",
+        "\"sha256/64k:00112233445566778899AABBCCDDEEFF00112233445566778899aabbccddeeff\"",
+        "\"sha256/64k:00112233445566778899aabbccddeeff00112233445566778899aabbccddeeffa\"",
+    };
+    for (size_t i = 0; i < sizeof(bad_digests) / sizeof(bad_digests[0]); i++) {
+        point_with(m, sizeof(m), bad_digests[i], NULL);
+        refused(bad_digests[i], m, EINVAL);
+    }
+    static const char *bad_blkhash[] = {
+        "\"../../etc/passwd\"",
+        "\"vdb/000001.blkhash\"",
+        "\"vda/1.blkhash\"",
+        "\"vda/000001.qcow2\"",
+        "7",
+    };
+    for (size_t i = 0; i < sizeof(bad_blkhash) / sizeof(bad_blkhash[0]); i++) {
+        point_with(m, sizeof(m), hex, bad_blkhash[i]);
+        refused(bad_blkhash[i], m, EINVAL);
+    }
+    point_with(m, sizeof(m), NULL, "\"vda/000001.blkhash\"");
+    refused("a block-hash file without a digest", m, EINVAL);
+    /* A digest alone, and both, are fine (and neither: points before 0.3). */
+    point_with(m, sizeof(m), hex, NULL);
+    write_file("zcow-backup.json", m);
+    CHECK(backup_dir_open(dir, false, &d) == 0);
+    p = backup_dir_point(backup_dir_disk(d, "vda", false), 1);
+    const char *got = p ? backup_dir_point_digest(p) : NULL;
+    CHECKF(got && strlen(got) == 64 && !strncmp(got, hex + 12, 64), "digest '%s'", got);
+    CHECK(backup_dir_blkhash_path(d, p) == NULL);
+    backup_dir_close(d);
     refused("a duplicate key",
             "{\"format\": \"zcow-backup\", \"format\": \"zcow-backup\", \"version\": 1, "
             "\"prefix\": \"p\", \"disks\": {}}",
@@ -131,6 +185,10 @@ int main(void)
     write_file("vda/000002.qcow2", "x");
     write_file("vda/000003.qcow2", "x"); /* a failed point's */
     write_file("vda/000003.qcow2.zcow-tmp-123456", "x");
+    write_file("vda/000002.blkhash", "x");
+    write_file("vda/000001.blkhash", "x"); /* point 1 has no digest */
+    write_file("vda/000003.blkhash", "x");
+    write_file("vda/000003.blkhash.zcow-tmp-654321", "x");
     write_file("vda/notes.txt", "x");
     write_file("vdb/000001.qcow2", "x"); /* a disk the manifest lacks */
     CHECK(backup_dir_open(dir, false, &d) == 0);
@@ -138,6 +196,8 @@ int main(void)
     backup_dir_close(d);
     CHECK(exists("vda/000001.qcow2") && exists("vda/000002.qcow2") && exists("vda/notes.txt"));
     CHECK(!exists("vda/000003.qcow2") && !exists("vda/000003.qcow2.zcow-tmp-123456"));
+    CHECK(exists("vda/000002.blkhash") && !exists("vda/000001.blkhash") &&
+          !exists("vda/000003.blkhash") && !exists("vda/000003.blkhash.zcow-tmp-654321"));
     CHECK(!exists("vdb/000001.qcow2"));
 
     /* A directory of other files never becomes a backup directory, and
