@@ -4,12 +4,15 @@
 # writes through the disk's device with qemu-io on a second QMP socket, and
 # into a raw model of the disk, kept as it was at each point).  Point 7 has
 # 32 KiB clusters and point 9 zstd: a chain may mix them.
-#   1. prune --keep 3: points 8-10 restore equal to the disk at each point,
+#   1. prune --keep 3: points 8-10 restore equal to the disk at each point
+#      (zcow restore checks each point's recorded digest too), point 8's
+#      merged image has the digest point 8 recorded (zcow digest),
 #      qemu-img check clean on every image, point 8 a full (no backing
 #      file, "full" in the manifest), the images of points 1-7 gone, point
 #      7's clusters (another cluster size) compressed anew and said so;
 #      a further backup is an incremental over point 10 and restores;
-#   2. merge of point 5: qemu-img check clean, equal to the disk at point 5,
+#   2. merge of point 5: qemu-img check clean, equal to the disk at point 5
+#      and of the digest point 5 recorded,
 #      no backing file, every cluster copied as it was;
 #   3. kill -9 during prune and merge (KILL_ROUNDS of each, default 6, 3
 #      under the sanitizers, with random delays, plus 8 at chosen steps
@@ -121,7 +124,20 @@ done
 M=$work/master
 cp -a "$A" "$M"
 
+# digest DIR N: the digest the manifest records for point N ("HEX").
+digest() {
+    python3 -c 'import json,sys
+for p in json.load(open(sys.argv[1]))["disks"]["vda"]["points"]:
+    if p["number"] == int(sys.argv[2]): print(p.get("digest", "none").split(":")[-1])' \
+        "$1/zcow-backup.json" "$2"
+}
+# digest_of IMAGE: zcow digest's of an image (with its chain).
+digest_of() { "$ZCOW" digest "$1" | cut -d' ' -f1; }
+
 # ---- 1. prune --keep 3 ---------------------------------------------------------
+d8=$(digest "$A" 8)
+[ "$d8" = "$(digest_of "$(img "$A" 8)")" ] && pass ||
+    fail "point 8 records digest '$d8', its image's is $(digest_of "$(img "$A" 8)")"
 out=$("$ZCOW" prune --keep 3 "$A" 2>&1) || fail "prune --keep 3: $out"
 echo "$out" | grep -q "^vda: point 8 is now a full: [1-9][0-9]* compressed clusters copied as they were, [1-9][0-9]* compressed anew" &&
     pass || fail "prune said: $out"
@@ -134,6 +150,9 @@ for f in "$A"/vda/*.qcow2; do qemu-img check -q "$f" && pass || fail "qemu-img c
 [ -z "$(backing "$(img "$A" 8)")" ] && pass || fail "point 8 has backing file $(backing "$(img "$A" 8)")"
 [ "$(backing "$(img "$A" 9)")" = 000008.qcow2 ] && pass || fail "point 9's backing file changed"
 "$ZCOW" list "$A" | grep -q "^vda  *8 .* full " && pass || fail "list: $("$ZCOW" list "$A")"
+# The merged full has the content, hence the digest, the point recorded.
+[ "$(digest "$A" 8)" = "$d8" ] && [ "$(digest_of "$(img "$A" 8)")" = "$d8" ] && pass ||
+    fail "point 8's digest: recorded $(digest "$A" 8), of its image $(digest_of "$(img "$A" 8)"), before $d8"
 # The next backup is an incremental over the kept chain.
 write "write -P 0x77 100k 64k"
 out=$("$ZCOW" backup --qmp "$qsock" "$A" 2>&1) || fail "backup after prune: $out"
@@ -151,6 +170,8 @@ qemu-img check -q "$work/m5.qcow2" && pass || fail "qemu-img check of the merged
 out=$(qemu-img compare -f qcow2 -F raw "$work/m5.qcow2" "$work/snap.5" 2>&1) && pass ||
     fail "merged point 5 is not the disk at point 5: $out"
 [ -z "$(backing "$work/m5.qcow2")" ] && pass || fail "merged point 5 has a backing file"
+[ "$(digest_of "$work/m5.qcow2")" = "$(digest "$M" 5)" ] && pass ||
+    fail "merged point 5's digest $(digest_of "$work/m5.qcow2"), recorded $(digest "$M" 5)"
 qemu-img info "$work/m5.qcow2" | grep -q "compression type: zlib" && pass ||
     fail "merged point 5: $(qemu-img info "$work/m5.qcow2")"
 
