@@ -315,6 +315,7 @@ refused "an image outside DIR" "$B" "names the image of point 2 of disk 'vda' 'v
     "$ZCOW" prune --force --keep 3 "$B"
 rm -rf "$B" && cp -a "$M" "$B"
 refused "a DIR in use" "$B" "in use by another zcow" flock "$B/.lock" "$ZCOW" prune --keep 3 "$B"
+refused "a disk DIR does not hold" "$B" "holds no disk 'vdz'" "$ZCOW" prune --disk vdz --keep 3 "$B"
 out=$("$ZCOW" prune --keep 10 "$B" 2>&1) && [ "$out" = "vda: 10 points, keeping 10: nothing to do" ] &&
     pass || fail "prune --keep 10 of 10 points: $out"
 refused "a merge into DIR" "$B" "inside the backup directory" \
