@@ -5,19 +5,26 @@
 # point named and a non-zero exit; a good DIR verifies with one line per
 # point; verify changes nothing in DIR.
 #   good        every point ok, exit 0; --point N reports N only, --disk
-#               one disk only, --point latest the latest of each disk
+#               one disk only, --point latest the latest of each disk;
+#               each image read once (the bytes read from the disk)
 #   compressed  a flipped byte inside a compressed cluster's stream
+#   longer      a stream that decompresses to more than a cluster, which
+#               QEMU reads cut at the cluster's end
+#   refcount    a refcount raised (a leak): only the structure check sees it
 #   truncated   an image cut short: it and the points above it are bad
 #   missing     an image removed: the same
 #   link        an incremental's backing file pointed at the wrong point
-#               (qemu-img rebase -u)
+#               (qemu-img rebase -u); format: its backing format raw;
+#               full-backing: a full given a backing file
 #   size        the manifest's virtual size of a point edited
 #   name        the manifest's file of a point pointing at another image
+#   first       the manifest's first point of a disk removed: the next, an
+#               incremental, has no point before it
 #   bad input   no DIR, not a backup DIR, a manifest that is not JSON, no
 #               such disk or point: exit 1 and one line
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/backup-functions.sh"
-requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum
+requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum /usr/bin/time
 requires_zcow
 requires_nbd_support
 
@@ -102,6 +109,14 @@ out=$("$ZCOW" verify --point 2 --disk vda "$D" 2>&1)
 out=$("$ZCOW" verify --point latest "$D" 2>&1)
 [ "$?" = 0 ] && [ "$(echo "$out" | head -2 | tr '\n' ' ')" = "vda 3 inc ok vdb 3 inc ok " ] &&
     pass || fail "--point latest: $out"
+# Each image is read once, not again under every point above it: the
+# second run (the first brought the program and the images' metadata into
+# the page cache) reads from the disk (O_DIRECT) about the images' bytes.
+"$ZCOW" verify "$D" >/dev/null 2>&1
+inblocks=$(/usr/bin/time -f %I "$ZCOW" verify "$D" 2>&1 >/dev/null | tail -n 1)
+total=$(cat "$D"/vd?/*.qcow2 | wc -c)
+[ "$((inblocks * 512))" -le "$((total * 5 / 4))" ] && pass ||
+    fail "verify read $((inblocks * 512)) bytes from the disk, the images hold $total"
 sum_after=$(cd "$D" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
 [ "$sum_before" = "$sum_after" ] && pass || fail "verify changed DIR"
 
@@ -146,6 +161,51 @@ read -r coff clen < <(compressed_at "$x/vda/000001.qcow2" 5) || fail "no compres
 flip "$x/vda/000001.qcow2" $((coff + 40))
 verify_bad compressed "$x" "^vda 1 full BAD: .*(decompress|corrupt)"
 
+# ---- a stream that decompresses to more than a cluster ------------------------------
+# The first cluster's bytes and 100 more, in a stream no longer than the one
+# it replaces: QEMU (and a plain reader) read the cluster right, cut at its
+# end; only the exact decompression refuses it.
+x=$(damaged longer)
+for i in 0 1 2 3 4 5 6 7; do
+    read -r coff clen < <(compressed_at "$x/vda/000001.qcow2" $i) || break
+    python3 - "$x/vda/000001.qcow2" "$coff" "$clen" <<'EOF' && break
+import sys, zlib
+f = open(sys.argv[1], "r+b")
+off, span = int(sys.argv[2]), int(sys.argv[3])
+f.seek(off)
+d = zlib.decompressobj(-12)
+data = d.decompress(f.read(span), 65536)
+old_len = span - len(d.unused_data)
+c = zlib.compressobj(9, zlib.DEFLATED, -12)
+new = c.compress(data + data[:100]) + c.flush()
+if len(data) != 65536 or len(new) > old_len:
+    sys.exit(1)
+f.seek(off)
+f.write(new)
+EOF
+done
+if qemu-img compare -q "$D/vda/000001.qcow2" "$x/vda/000001.qcow2"; then
+    verify_bad longer "$x" "^vda 1 full BAD: .*cannot decompress"
+else
+    fail "longer: the image reads differently to QEMU (or no cluster could be rewritten)"
+fi
+
+# ---- a refcount changed: only the structure check sees it -------------------------
+x=$(damaged refcount)
+python3 - "$x/vdb/000002.qcow2" <<'EOF'
+import struct, sys
+f = open(sys.argv[1], "r+b")
+h = f.read(104)
+rt_off, = struct.unpack(">Q", h[48:56])
+order, = struct.unpack(">I", h[96:100])
+assert order == 4
+f.seek(rt_off)
+rb_off, = struct.unpack(">Q", f.read(8))
+f.seek(rb_off)   # the header's cluster: refcount 1 -> 2
+f.write(struct.pack(">H", 2))
+EOF
+verify_bad refcount "$x" "^vdb 2 inc BAD: structure: 0 corruptions, 1 leaked clusters"
+
 # ---- a truncated image ----------------------------------------------------------------
 x=$(damaged truncated)
 truncate -s $(($(stat -c %s "$x/vda/000002.qcow2") / 2)) "$x/vda/000002.qcow2"
@@ -164,6 +224,12 @@ out=$("$ZCOW" verify --point 1 "$x" 2>&1) && pass || fail "missing 2 spoils poin
 x=$(damaged link)
 qemu-img rebase -u -f qcow2 -b 000001.qcow2 -F qcow2 "$x/vda/000003.qcow2"
 verify_bad link "$x" "^vda 3 inc BAD: backing file '000001.qcow2', not point 2's '000002.qcow2'"
+x=$(damaged format)
+qemu-img rebase -u -f qcow2 -b 000002.qcow2 -F raw "$x/vda/000003.qcow2"
+verify_bad format "$x" "^vda 3 inc BAD: backing format 'raw', not qcow2"
+x=$(damaged full-backing)
+qemu-img rebase -u -f qcow2 -b ../vda/000001.qcow2 -F qcow2 "$x/vdb/000001.qcow2"
+verify_bad full-backing "$x" "^vdb 1 full BAD: a full point with a backing file"
 
 # ---- the manifest changed -------------------------------------------------------------------
 x=$(damaged size)
@@ -182,6 +248,14 @@ m["disks"]["vdb"]["points"][2]["file"] = "vda/000003.qcow2"
 json.dump(m, open(sys.argv[1], "w"))
 EOF
 verify_bad name "$x" "^vdb 3 inc BAD: the manifest names its image 'vda/000003.qcow2'"
+x=$(damaged first)
+python3 - "$x/zcow-backup.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+del m["disks"]["vdb"]["points"][0]
+json.dump(m, open(sys.argv[1], "w"))
+EOF
+verify_bad first "$x" "^vdb 2 inc BAD: an incremental without a point before it"
 
 # ---- bad input --------------------------------------------------------------------------------
 x=$(damaged json)
