@@ -9,7 +9,11 @@
  * lookups than the extents it returns and the tables the chain holds,
  * per image of the chain: a walk that asks a backing file about more than
  * the run it needs (as it once did: exponential in the depth) fails here
- * by its count, not by a timing. */
+ * by its count, not by a timing.
+ * The top's own clusters (reader_top_extent, what zcow verify reads of
+ * each image) are what that layer wrote, found with the top's tables
+ * only; opened alone (reader_open_alone), it reads them, and zeros where
+ * it leaves the data to its backing file. */
 #include <errno.h>
 #include <sys/stat.h>
 
@@ -27,6 +31,7 @@ static char dir[] = "/tmp/zcow-test-chain-XXXXXX";
 /* Per 4 KiB guest block: 0 zero, else the fill of the layer that wrote it
  * (odd: a byte repeated, compressible; even: pseudo-random, normal). */
 static uint8_t *model;
+static uint8_t *owner; /* per block: 1 + the layer that wrote it last, 0 none */
 static uint64_t rng;
 
 static void fill(uint8_t *p, size_t len, uint8_t v, uint64_t off)
@@ -102,6 +107,7 @@ static void write_layer(int k, uint32_t cs)
         e = zcow_write_cluster(img, off, buf, cs);
         CHECKF(e == 0, "write layer %d at %llu: %s", k, (unsigned long long)off, zcow_get_error());
         memset(model + off / BLOCK, v, cs / BLOCK);
+        memset(owner + off / BLOCK, k + 1, cs / BLOCK);
     }
     free(buf);
     e = zcow_close(img);
@@ -209,6 +215,70 @@ static void walk_chain(int depth)
     reader_close(r);
 }
 
+/* What the top of a chain of DEPTH images holds itself: every stretch of
+ * reader_top_extent against the layers' writes, at the cost of the top's
+ * tables only; and the top opened alone reads what it holds. */
+static void top_extents(int depth)
+{
+    char top[256];
+    layer_path(top, sizeof(top), depth - 1);
+    struct reader *r, *alone;
+    int e = reader_open(top, NULL, 0, &r);
+    CHECKF(e == 0, "open %s: %s", top, zcow_get_error());
+    if (e < 0)
+        return;
+    e = reader_open_alone(top, 0, &alone);
+    CHECKF(e == 0, "open %s alone: %s", top, zcow_get_error());
+    if (e < 0) {
+        reader_close(r);
+        return;
+    }
+    CHECK(reader_backing(alone) == NULL && (reader_backing_name(alone) != NULL) == (depth > 1) &&
+          (depth == 1 || !strcmp(reader_backing_format(alone), "qcow2")));
+    uint64_t off = 0, extents = 0, bad = 0;
+    uint8_t *buf = malloc(BLOCK), *want = malloc(BLOCK);
+    while (off < DISK) {
+        uint64_t len;
+        int kind = -1;
+        e = reader_top_extent(r, off, DISK - off, &len, &kind);
+        if (e < 0 || len == 0 || len > DISK - off || len % BLOCK) {
+            CHECKF(0, "depth %d: top extent at %llu: %d, len %llu", depth, (unsigned long long)off,
+                   e, (unsigned long long)len);
+            break;
+        }
+        extents++;
+        for (uint64_t b = off / BLOCK; b < (off + len) / BLOCK; b++) {
+            bool mine = owner[b] == depth;
+            int expect = !mine      ? (depth > 1 ? READER_BELOW : READER_ZERO)
+                         : model[b] ? READER_DATA
+                                    : READER_ZERO;
+            bad += kind != expect;
+        }
+        /* Alone, the top reads its data, and zeros below. */
+        if (kind != READER_ZERO && reader_read(alone, off, buf, BLOCK) == 0) {
+            uint64_t b = off / BLOCK;
+            if (kind == READER_DATA)
+                fill(want, BLOCK, model[b], off);
+            else
+                memset(want, 0, BLOCK);
+            bad += memcmp(buf, want, BLOCK) != 0;
+        }
+        off += len;
+    }
+    CHECKF(bad == 0, "depth %d: %llu blocks of the top's own extents are wrong", depth,
+           (unsigned long long)bad);
+    /* The backing files are never asked. */
+    uint64_t below = reader_backing(r) ? reader_l2_lookups(reader_backing(r)) : 0;
+    uint64_t lookups = reader_l2_lookups(r) - below;
+    CHECKF(below == 0 && lookups <= 4 * (extents + l2_tables(depth - 1)),
+           "depth %d: %llu lookups in the top, %llu below, for %llu extents", depth,
+           (unsigned long long)lookups, (unsigned long long)below, (unsigned long long)extents);
+    free(buf);
+    free(want);
+    reader_close(alone);
+    reader_close(r);
+}
+
 /* zcow_get_backing() hands out the chain opened with the top image. */
 static void public_chain(int depth)
 {
@@ -242,6 +312,7 @@ int main(void)
         return 1;
     }
     model = calloc(BLOCKS, 1);
+    owner = calloc(BLOCKS, 1);
     rng = unit_stream(0);
     static const uint32_t sizes[] = { 65536, 4096, 16384, 65536, 8192, 2097152 / 4 };
     int made = 0;
@@ -250,6 +321,7 @@ int main(void)
         for (; made < depths[d]; made++)
             write_layer(made, sizes[made % (sizeof(sizes) / sizeof(sizes[0]))]);
         walk_chain(depths[d]);
+        top_extents(depths[d]);
         public_chain(depths[d]);
     }
     for (int k = 0; k < made; k++) {
@@ -261,5 +333,6 @@ int main(void)
     if (!getenv("KEEP"))
         rmdir(dir);
     free(model);
+    free(owner);
     return unit_done();
 }
