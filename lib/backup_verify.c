@@ -11,18 +11,27 @@
  *                   virtual size is the manifest's, the same along a chain;
  *   the content     every cluster the image holds is read, and every
  *                   compressed one decompresses to exactly a cluster
- *                   (codec_decompress_exact).
+ *                   (codec_decompress_exact);
+ *   the digest      the point's digest (digest.h) recomputed from the
+ *                   images equals the one the manifest records, and so
+ *                   does the digest of its block-hash file; a point made
+ *                   before digests says "no digest".
  *
  * Cost: the images' metadata is checked first, all images at once on a
  * pool (it is small: the L1, L2 and refcount tables).  The content is
  * then read point by point, oldest first, each image read once: point k's
  * source is its chain with what k leaves to its backing file reported
  * UNCHANGED (SOURCE_QCOW2_TOP), so the copy engine reads only the
- * clusters k holds, into a destination that keeps nothing.
+ * clusters k holds, into a destination that keeps nothing, through its
+ * digest tap: the block hashes of point k are those of point k-1 as
+ * recomputed (not as recorded: that is what is checked) with the blocks
+ * k holds hashed anew.  A 64 KiB block k holds only part of is read whole
+ * through the chain.
  *
  * A point whose image is missing, unreadable, structurally bad or wrongly
  * linked makes every later point of its chain bad too ("rests on point
- * 2"): their restore reads through it. */
+ * 2"): their restore reads through it.  A digest that differs does not:
+ * each later point's own digest says whether its content is right. */
 #include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
@@ -35,17 +44,17 @@
 
 #include "backup_dir.h"
 #include "dest.h"
+#include "digest.h"
 #include "engine.h"
 #include "error.h"
 #include "pool.h"
 #include "reader.h"
 #include "source.h"
 
-/* The copy engine's unit, in which partly held blocks are read whole. */
-#define VERIFY_GRANULE (64u << 10)
 #define MAX_CAUSES 512
 
 struct vpoint {
+    json_t *j; /* in the manifest */
     const char *disk;
     uint64_t number;
     bool full;
@@ -59,6 +68,7 @@ struct vpoint {
     bool bad;
     bool breaks; /* later points of its chain cannot be trusted either */
     bool alone;  /* "inc" without a backing file: a chain starts here */
+    bool no_digest; /* made before digests: its content is read, not proved */
 };
 
 static void cause(struct vpoint *p, bool breaks, const char *fmt, ...)
@@ -172,72 +182,110 @@ static void check_job(void *arg, uint64_t n, unsigned worker)
 
 /* ---- content: the clusters each image holds, read once ------------------------- */
 
-/* A destination that keeps nothing: the engine reads, and that is all
- * the check needs of it. */
-static int null_write(struct dest *d, uint64_t off, const void *buf, size_t len)
+/* The digest the manifest records for P ("sha256/64k:HEX"): the hex, or
+ * NULL when it records none. */
+static const char *recorded_digest(const struct vpoint *p)
 {
-    (void)d, (void)off, (void)buf, (void)len;
-    return 0;
+    const char *v = json_string_value(json_object_get(p->j, "digest"));
+    size_t n = strlen(DIGEST_NAME);
+    return v && !strncmp(v, DIGEST_NAME, n) && v[n] == ':' ? v + n + 1 : NULL;
 }
 
-static int null_zero(struct dest *d, uint64_t off, uint64_t len)
+/* P's block-hash file (DIR/vda/000003.blkhash), which the next
+ * incremental starts from, must give the digest the manifest records,
+ * WANT.  Returns its block hashes when it does (to say where the content
+ * differs), else NULL. */
+static struct digest *load_blkhash(const struct backup_dir *d, struct vpoint *p, const char *want)
 {
-    (void)d, (void)off, (void)len;
-    return 0;
+    const char *name = json_string_value(json_object_get(p->j, "blkhash"));
+    char *path;
+    if (!name || asprintf(&path, "%s/%s", d->path, name) < 0)
+        return NULL;
+    struct digest *b = NULL;
+    char hex[DIGEST_HEX_SIZE];
+    if (digest_load(path, p->vsize, &b) < 0) {
+        cause(p, false, "%s", zcow_get_error());
+        b = NULL;
+    } else if (digest_final(b, hex), strcmp(hex, want)) {
+        cause(p, false, "its block-hash file '%s' gives the digest %.16s..., not %.16s...", name,
+              hex, want);
+        digest_free(b);
+        b = NULL;
+    }
+    free(path);
+    return b;
 }
 
-static void null_close(struct dest *d) { (void)d; }
-
-static const struct dest_ops null_ops = {
-    .name = "verify",
-    .write = null_write,
-    .zero = null_zero,
-    .close = null_close,
-};
-
-/* Read every cluster P's image holds (and decompress it, exactly). */
-static void check_content(struct vpoint *p)
+/* Read every cluster P's image holds (and decompress it, exactly) into DG,
+ * the block hashes of the point before it, which become P's; compare
+ * P's digest with the recorded one. */
+static void check_content(const struct backup_dir *d, struct vpoint *p, struct digest *dg)
 {
     struct source *src;
+    struct dest *dst = NULL;
     int e = source_qcow2_open_flags(p->path, true, SOURCE_QCOW2_TOP | SOURCE_QCOW2_EXACT, &src);
-    if (e < 0) {
-        cause(p, true, "%s", zcow_get_error());
-        return;
+    if (e == 0)
+        e = dest_null_open(p->path, src->size, &dst);
+    if (e == 0) {
+        struct engine_config cfg;
+        struct engine_stats st;
+        engine_configure(&cfg, src, dst, 0);
+        cfg.digest = dg;
+        e = engine_copy(src, dst, &cfg, &st);
     }
-    struct dest d = {
-        .ops = &null_ops,
-        .name = p->path,
-        .size = src->size,
-        .granularity = VERIFY_GRANULE,
-        .unwritten_is_zero = false, /* zero stretches are visited */
-    };
-    struct engine_config cfg;
-    struct engine_stats st;
-    engine_configure(&cfg, src, &d, 0);
-    e = engine_copy(src, &d, &cfg, &st);
     if (e < 0)
         cause(p, true, "%s", zcow_get_error());
+    dest_close(dst);
     source_close(src);
+    if (e < 0)
+        return;
+    const char *want = recorded_digest(p);
+    if (!want) {
+        p->no_digest = true;
+        return;
+    }
+    char hex[DIGEST_HEX_SIZE];
+    digest_final(dg, hex);
+    struct digest *b = load_blkhash(d, p, want);
+    uint64_t first, n = b ? digest_differences(dg, b, &first) : 0;
+    if (strcmp(hex, want) && n)
+        cause(p, false,
+              "its content's digest is %.16s..., the manifest records %.16s...: %" PRIu64
+              " blocks of 64 KiB differ, the first at offset %" PRIu64,
+              hex, want, n, first * DIGEST_BLOCK);
+    else if (strcmp(hex, want))
+        cause(p, false, "its content's digest is %.16s..., the manifest records %.16s...", hex,
+              want);
+    digest_free(b);
 }
 
 /* Walk the points of one disk, oldest first.  BROKEN: the point of the
- * current chain that later ones cannot rest on, if any. */
-static void walk_disk(struct vpoint *pts, size_t n)
+ * current chain that later ones cannot rest on, if any; DG: the block
+ * hashes of the chain so far, new at each full. */
+static int walk_disk(const struct backup_dir *d, struct vpoint *pts, size_t n)
 {
     struct vpoint *broken = NULL;
-    for (size_t i = 0; i < n; i++) {
+    struct digest *dg = NULL;
+    int e = 0;
+    for (size_t i = 0; i < n && e == 0; i++) {
         struct vpoint *p = &pts[i];
-        if (p->full || p->alone)
+        if (p->full || p->alone) {
             broken = NULL;
+            digest_free(dg);
+            if ((e = digest_new(p->vsize, &dg)) < 0)
+                dg = NULL;
+        }
         if (broken) {
             cause(p, true, "rests on point %" PRIu64 ", which is bad", broken->number);
             continue;
         }
-        if (!p->breaks)
-            check_content(p);
+        if (!p->breaks && dg)
+            check_content(d, p, dg);
         if (p->breaks)
             broken = p;
     }
+    digest_free(dg);
+    return e;
 }
 
 /* ---- the run ------------------------------------------------------------------- */
@@ -290,6 +338,7 @@ static int add_disk(struct verify *v, const char *disk, json_t *entry, uint64_t 
         json_t *j = json_array_get(points, i);
         struct vpoint *p = &v->pts[v->n];
         memset(p, 0, sizeof(*p));
+        p->j = j;
         p->disk = disk;
         p->number = (uint64_t)json_integer_value(json_object_get(j, "number"));
         p->full = !strcmp(json_string_value(json_object_get(j, "level")), "full");
@@ -383,9 +432,11 @@ int backup_dir_verify(const char *path, const char *disk, uint64_t point, zcow_m
     pool_free(pool);
 
     /* Content: disk by disk, point by point (the engine is parallel). */
-    for (size_t k = 0; k < n_disks; k++)
-        walk_disk(v.pts + starts[k], starts[k + 1] - starts[k]);
+    for (size_t k = 0; k < n_disks && e == 0; k++)
+        e = walk_disk(v.d, v.pts + starts[k], starts[k + 1] - starts[k]);
     free(starts);
+    if (e < 0)
+        goto out;
 
     size_t reported = 0, bad = 0;
     const struct vpoint *first_bad = NULL;
@@ -401,7 +452,8 @@ int backup_dir_verify(const char *path, const char *disk, uint64_t point, zcow_m
                 first_bad = p;
             say(&v, "%s %" PRIu64 " %s BAD: %s", p->disk, p->number, level, p->causes);
         } else {
-            say(&v, "%s %" PRIu64 " %s ok", p->disk, p->number, level);
+            say(&v, "%s %" PRIu64 " %s ok%s", p->disk, p->number, level,
+                p->no_digest ? " (no digest)" : "");
         }
     }
     if (!bad) {

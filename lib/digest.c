@@ -181,6 +181,21 @@ static int outer(const struct digest *d, uint8_t out[DIGEST_HASH])
     return ok ? 0 : zerr(ENOMEM, "cannot compute SHA-256 (libcrypto failed)");
 }
 
+uint64_t digest_differences(const struct digest *a, const struct digest *b, uint64_t *first)
+{
+    uint64_t n = 0, blocks = a->n_blocks < b->n_blocks ? a->n_blocks : b->n_blocks;
+    *first = UINT64_MAX;
+    /* Zero blocks are zero entries in both (digest_data, the file's
+     * holes): entries compare as they are. */
+    for (uint64_t i = 0; i < blocks; i++) {
+        if (!memcmp(a->hashes + i * DIGEST_HASH, b->hashes + i * DIGEST_HASH, DIGEST_HASH))
+            continue;
+        if (!n++)
+            *first = i;
+    }
+    return n;
+}
+
 static void to_hex(const uint8_t *h, char hex[DIGEST_HEX_SIZE])
 {
     static const char digits[] = "0123456789abcdef";

@@ -60,6 +60,11 @@ int digest_zero(struct digest *d, uint64_t off, uint64_t len);
  * and digest_final called again. */
 void digest_final(const struct digest *d, char hex[DIGEST_HEX_SIZE]);
 
+/* The blocks whose hashes differ between A and B (disks of one size):
+ * their count, and the index of the first in *FIRST (UINT64_MAX when
+ * none).  Tells where two disks with different digests differ. */
+uint64_t digest_differences(const struct digest *a, const struct digest *b, uint64_t *first);
+
 /* Save the block hashes to PATH: a temporary file beside it, made durable
  * and renamed over it; nothing of it left in the page cache. */
 int digest_save(const struct digest *d, const char *path);

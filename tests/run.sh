@@ -13,8 +13,8 @@
 #   c. the concurrent parts under ThreadSanitizer (build-thread/): the write
 #      cache, table cache and writer tests, the 32-thread stress test, the copy
 #      engine (and its digest tap), pool and digest tests, the nbdkit plugin,
-#      restores into NBD exports over several connections (restore-dest.sh)
-#      and a conversion with -j 4;
+#      restores into NBD exports over several connections (restore-dest.sh),
+#      zcow verify and a conversion with -j 4;
 #   d. `make fuzz-quick`, a few seconds of each fuzz target, when the
 #      Makefile has it.
 # Any sanitizer report fails the test that produced it (reports are written
@@ -250,6 +250,9 @@ export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/nbdkit-plugin.sh
     # pool), block devices and uncompressed qcow2 (~30 s).
     add c-restore-dest "restore-dest [tsan]" "$tsan_env
 export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/restore-dest.sh
+    # zcow verify: the structure checks on a pool, the engine's digest tap.
+    add c-verify "verify [tsan]" "$tsan_env
+export ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/verify.sh
     add c-convert "convert-matrix MATRIX=smoke -j 4 [tsan]" "$tsan_env
 export MATRIX=smoke ZCOW='$ROOT/build-thread/zcow'" bash tests/interop/convert-matrix.sh
 fi

@@ -7,7 +7,7 @@
  * short last block, zero blocks (given as zero or as data of zeros, and a
  * block made zero after it held data) and that they cost no memory, calls
  * off the blocks refused; the block-hash file round trip (sparse on disk,
- * no temporary left), and hostile files (missing, empty, truncated, wrong
+ * no temporary left; where two digests differ), and hostile files (missing, empty, truncated, wrong
  * magic, version, algorithm or disk size, a flipped entry): a clear error
  * naming the file, no crash. */
 #include <errno.h>
@@ -297,6 +297,11 @@ static void test_round_trip(void)
     final_of(l, a);
     reference(buf, size, b);
     CHECK(!strcmp(a, b));
+    /* Where the two differ: blocks 10 and 11 (data now), 30 (zero now). */
+    uint64_t first;
+    CHECK(digest_differences(d, l, &first) == 3 && first == 10);
+    CHECK(digest_differences(l, d, &first) == 3 && first == 10);
+    CHECK(digest_differences(d, d, &first) == 0 && first == UINT64_MAX);
     /* Saved over the old file: replaced. */
     CHECK(digest_save(l, path) == 0);
     digest_free(l);
