@@ -525,8 +525,10 @@ ZCOW_API int zcow_backup_restore(const char *dir, const char *disk, uint64_t poi
 /* Verify the points of DISK (NULL: every disk) in DIR: the manifest, each
  * image's structure (as zcow_check()), the chain's links (backing file
  * names and format, virtual sizes, the order of the points, no image
- * missing), and the content: every cluster each image holds is read once
- * and every compressed one must decompress to exactly a cluster.  POINT:
+ * missing), the content (every cluster each image holds is read once and
+ * every compressed one must decompress to exactly a cluster) and the
+ * digest: each point's, recomputed from the images, must be the one the
+ * manifest records ("ok (no digest)" for a point without one).  POINT:
  * ZCOW_VERIFY_ALL (0) every point, ZCOW_VERIFY_LATEST the latest of each
  * disk, else point POINT; for one point its chain below it is read too
  * (its content rests on it) but only it is reported.  FN (may be NULL)
