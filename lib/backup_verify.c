@@ -51,7 +51,7 @@
 #include "reader.h"
 #include "source.h"
 
-#define MAX_CAUSES 512
+#define MAX_CAUSES 1024
 
 struct vpoint {
     json_t *j; /* in the manifest */
@@ -182,38 +182,52 @@ static void check_job(void *arg, uint64_t n, unsigned worker)
 
 /* ---- content: the clusters each image holds, read once ------------------------- */
 
-/* The digest the manifest records for P ("sha256/64k:HEX"): the hex, or
- * NULL when it records none. */
-static const char *recorded_digest(const struct vpoint *p)
-{
-    const char *v = json_string_value(json_object_get(p->j, "digest"));
-    size_t n = strlen(DIGEST_NAME);
-    return v && !strncmp(v, DIGEST_NAME, n) && v[n] == ':' ? v + n + 1 : NULL;
-}
-
 /* P's block-hash file (DIR/vda/000003.blkhash), which the next
- * incremental starts from, must give the digest the manifest records,
- * WANT.  Returns its block hashes when it does (to say where the content
- * differs), else NULL. */
-static struct digest *load_blkhash(const struct backup_dir *d, struct vpoint *p, const char *want)
+ * incremental starts from: its block hashes, or NULL when P has none or it
+ * does not load (a cause then). */
+static struct digest *load_blkhash(const struct backup_dir *d, struct vpoint *p)
 {
-    const char *name = json_string_value(json_object_get(p->j, "blkhash"));
-    char *path;
-    if (!name || asprintf(&path, "%s/%s", d->path, name) < 0)
-        return NULL;
+    char *path = backup_dir_blkhash_path(d, p->j);
     struct digest *b = NULL;
-    char hex[DIGEST_HEX_SIZE];
-    if (digest_load(path, p->vsize, &b) < 0) {
+    if (path && digest_load(path, p->vsize, &b) < 0) {
         cause(p, false, "%s", zcow_get_error());
-        b = NULL;
-    } else if (digest_final(b, hex), strcmp(hex, want)) {
-        cause(p, false, "its block-hash file '%s' gives the digest %.16s..., not %.16s...", name,
-              hex, want);
-        digest_free(b);
         b = NULL;
     }
     free(path);
     return b;
+}
+
+/* P's digest: the content's, DG, against the recorded one, WANT, and the
+ * block-hash file's (which must give it too, for the next incremental). */
+static void check_digest(const struct backup_dir *d, struct vpoint *p, const struct digest *dg,
+                         const char *want)
+{
+    char got[DIGEST_HEX_SIZE], file[DIGEST_HEX_SIZE] = "";
+    digest_final(dg, got);
+    struct digest *b = load_blkhash(d, p);
+    if (b)
+        digest_final(b, file);
+    const char *name = json_string_value(json_object_get(p->j, "blkhash"));
+    if (!strcmp(got, want)) {
+        if (b && strcmp(file, want))
+            cause(p, false, "its block-hash file '%s' gives the digest %s, not the recorded %s",
+                  name, file, want);
+    } else if (b && !strcmp(file, got)) {
+        cause(p, false,
+              "the recorded digest %s is neither its content's nor its block-hash file's, %s", want,
+              got);
+    } else if (b && !strcmp(file, want)) {
+        uint64_t first, n = digest_differences(dg, b, &first);
+        cause(p, false,
+              "its content's digest is %s, not the recorded %s: %" PRIu64
+              " blocks of 64 KiB differ from its block-hash file's, the first at offset %" PRIu64,
+              got, want, n, first * DIGEST_BLOCK);
+    } else {
+        cause(p, false, "its content's digest is %s, not the recorded %s", got, want);
+        if (b)
+            cause(p, false, "its block-hash file '%s' gives the digest %s", name, file);
+    }
+    digest_free(b);
 }
 
 /* Read every cluster P's image holds (and decompress it, exactly) into DG,
@@ -239,24 +253,12 @@ static void check_content(const struct backup_dir *d, struct vpoint *p, struct d
     source_close(src);
     if (e < 0)
         return;
-    const char *want = recorded_digest(p);
+    const char *want = backup_dir_point_digest(p->j);
     if (!want) {
         p->no_digest = true;
         return;
     }
-    char hex[DIGEST_HEX_SIZE];
-    digest_final(dg, hex);
-    struct digest *b = load_blkhash(d, p, want);
-    uint64_t first, n = b ? digest_differences(dg, b, &first) : 0;
-    if (strcmp(hex, want) && n)
-        cause(p, false,
-              "its content's digest is %.16s..., the manifest records %.16s...: %" PRIu64
-              " blocks of 64 KiB differ, the first at offset %" PRIu64,
-              hex, want, n, first * DIGEST_BLOCK);
-    else if (strcmp(hex, want))
-        cause(p, false, "its content's digest is %.16s..., the manifest records %.16s...", hex,
-              want);
-    digest_free(b);
+    check_digest(d, p, dg, want);
 }
 
 /* Walk the points of one disk, oldest first.  BROKEN: the point of the
