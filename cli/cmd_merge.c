@@ -10,15 +10,17 @@
 #include "zcow.h"
 
 static const char merge_usage[] =
-    "usage: zcow merge [--disk NAME] --point N|latest [-l LEVEL] [-j THREADS] [-p] [-q]\n"
-    "                  DIR DEST\n"
+    "usage: zcow merge [--disk NAME] --point N|latest [--no-verify] [-l LEVEL] [-j THREADS]\n"
+    "                  [-p] [-q] DIR DEST\n"
     "\n"
     "  Write a point of DIR as one compressed qcow2 image without a backing\n"
     "  file (a synthetic full) at DEST, outside DIR: the compressed clusters\n"
-    "  of the point's chain are copied as they are.\n"
+    "  of the point's chain are copied as they are, and the image's digest is\n"
+    "  checked against the one the point recorded before it is put at DEST.\n"
     "\n"
     "  --disk NAME   the disk (needed when DIR holds several)\n"
     "  --point N     the point (latest: the newest)\n"
+    "  --no-verify   no digest check\n"
     "  -l LEVEL      compression level of clusters compressed anew (as zcow\n"
     "                convert -l)\n"
     "  -j THREADS    worker threads (default: online CPUs)\n"
@@ -27,11 +29,12 @@ static const char merge_usage[] =
 
 int cmd_merge(int argc, char **argv)
 {
-    enum { OPT_DISK = 256, OPT_POINT };
+    enum { OPT_DISK = 256, OPT_POINT, OPT_NO_VERIFY };
     static const struct option longopts[] = {
         { "help", no_argument, NULL, 'h' },
         { "disk", required_argument, NULL, OPT_DISK },
         { "point", required_argument, NULL, OPT_POINT },
+        { "no-verify", no_argument, NULL, OPT_NO_VERIFY },
         { NULL, 0, NULL, 0 },
     };
     zcow_convert_opts *conv = zcow_convert_opts_new();
@@ -67,6 +70,7 @@ int cmd_merge(int argc, char **argv)
                 }
             }
             break;
+        case OPT_NO_VERIFY: zcow_convert_opts_set_verify(conv, false); break;
         case 'l':
             if (cli_parse_int(optarg, 0, 19, &n, "level") < 0)
                 goto out;

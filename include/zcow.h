@@ -557,7 +557,9 @@ enum {
 
 /* Keep the newest KEEP (>= 1) points of DISK (NULL: of every disk) of DIR:
  * the oldest kept point becomes a full (its image replaced by a merged one
- * under the same name, by rename: the next point's backing file), the
+ * under the same name, by rename: the next point's backing file; the
+ * merged image's digest must first be the one the point recorded, else
+ * -EILSEQ and nothing changes), the
  * manifest drops the points below it, and their images are removed.
  * Every point the manifest lists stays restorable at every instant: a
  * prune killed anywhere is finished by the next one, and its leftovers
@@ -577,9 +579,11 @@ ZCOW_API int zcow_backup_prune(const char *dir, const char *disk, uint64_t keep,
 /* Write point POINT (0: the latest) of DISK (NULL: DIR's only disk) as one
  * merged image at DEST, outside DIR (-EINVAL inside), with the cluster
  * size and compression type of the point's full image: under a temporary
- * name, renamed to DEST once complete.  C (may be NULL: defaults) gives
- * the threads, progress and compression level; its source, destination
- * and other image settings are ignored.  STATS (may be NULL) gets what the
+ * name, renamed to DEST once complete and its digest is the one the point
+ * recorded (else -EILSEQ).  C (may be NULL: defaults) gives the threads,
+ * progress and compression level, and zcow_convert_opts_set_verify(false)
+ * skips the digest check; its source, destination and other image
+ * settings are ignored.  STATS (may be NULL) gets what the
  * copy did (clusters copied as they were, compressed anew). */
 ZCOW_API int zcow_backup_merge(const char *dir, const char *disk, uint64_t point, const char *dest,
                                const zcow_convert_opts *c, zcow_convert_stats *stats);

@@ -28,6 +28,7 @@
 #include "backup_prune.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <libgen.h>
 #include <limits.h>
@@ -35,10 +36,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "backup_dir.h"
+#include "convert.h"
+#include "digest.h"
 #include "error.h"
+#include "fault.h"
 #include "reader.h"
 
 static void say(zcow_message_fn *fn, void *opaque, const char *fmt, ...)
@@ -108,26 +114,88 @@ static int chain_settings(const char *image, uint32_t *cluster_size, int *type, 
     return 0;
 }
 
-/* Copy the chain of the qcow2 image SRC into a new compressed image DST
- * (written under a temporary name, renamed over DST when complete). */
+/* Make PATH's directory entry durable. */
+static int sync_dir_of(const char *path)
+{
+    char *copy = strdup(path);
+    if (!copy)
+        return zerr(ENOMEM, "out of memory");
+    const char *dir = dirname(copy);
+    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int e = fd < 0 || fault_fsync(fd) < 0 ? zerr_sys(errno, "cannot fsync directory '%s'", dir) : 0;
+    if (fd >= 0)
+        close(fd);
+    free(copy);
+    return e;
+}
+
+/* The content digest of the image at PATH is WANT (hex), the one recorded
+ * for WHAT ("point 8 of disk 'vda'"). */
+static int check_digest(const struct zcow_convert_options *conv, const char *path,
+                        const char *shown, const char *want, const char *what)
+{
+    struct zcow_convert_options c = *conv;
+    c.src = path;
+    c.src_format = "qcow2";
+    c.src_cache = ZCOW_CACHE_NONE;
+    c.bitmap = NULL;
+    c.progress = NULL;
+    struct digest *dg = NULL;
+    int e = convert_digest(&c, &dg);
+    if (e < 0)
+        return e;
+    char hex[DIGEST_HEX_SIZE];
+    digest_final(dg, hex);
+    digest_free(dg);
+    if (strcmp(hex, want))
+        return zerr(EILSEQ,
+                    "'%s': the digest of the merged image, %s:%s, is not the one recorded for "
+                    "%s, %s:%s: not put in place",
+                    shown, DIGEST_NAME, hex, what, DIGEST_NAME, want);
+    return 0;
+}
+
+/* Copy the chain of the qcow2 image SRC into a new compressed image DST.
+ * It is written under a temporary name beside DST; with WANT (the hex
+ * digest recorded for WHAT) its digest is checked; then it is renamed over
+ * DST, and DST's directory synced. */
 static int merge_copy(const char *src, const char *dst, const struct zcow_convert_options *conv,
-                      struct zcow_convert_stats *st)
+                      const char *want, const char *what, struct zcow_convert_stats *st)
 {
     struct zcow_convert_options c = *conv;
     bool backed;
     int e = chain_settings(src, &c.create.cluster_size, &c.create.compression_type, &backed);
     if (e < 0)
         return e;
+    uint8_t r[3];
+    if (getrandom(r, sizeof(r), 0) != sizeof(r))
+        return zerr_sys(errno, "cannot make a temporary name for '%s'", dst);
+    /* ".zcow-tmp-" in the name: backup_dir_clean removes it in DIR, and
+     * users know DST.zcow-tmp-* (convert's own temporary file is named
+     * after this one, the same way). */
+    char *tmp;
+    if (asprintf(&tmp, "%s.zcow-tmp-m%02x%02x%02x", dst, r[0], r[1], r[2]) < 0)
+        return zerr(ENOMEM, "out of memory");
     c.src = src;
     c.src_format = "qcow2";
     c.src_cache = ZCOW_CACHE_NONE;
-    c.dst = dst;
+    c.dst = tmp;
     c.dst_format = "qcow2";
     c.create.cache_mode = ZCOW_CACHE_NONE;
     c.create.backing_file = NULL;
     c.create.backing_format = NULL;
     c.bitmap = NULL;
-    return zcow_convert(&c, st);
+    e = zcow_convert(&c, st);
+    if (e == 0 && want)
+        e = check_digest(conv, tmp, dst, want, what);
+    if (e == 0 && fault_rename(tmp, dst) < 0)
+        e = zerr_sys(errno, "cannot rename '%s' to '%s'", tmp, dst);
+    if (e < 0)
+        unlink(tmp);
+    else
+        e = sync_dir_of(dst);
+    free(tmp);
+    return e;
 }
 
 /* ---- The structural check -------------------------------------------------- */
@@ -224,7 +292,9 @@ static int prune_disk(struct backup_dir *d, const char *name, json_t *entry, siz
         struct zcow_convert_options conv;
         convert_options_defaults(&conv);
         struct zcow_convert_stats st;
-        if ((e = merge_copy(image, image, &conv, &st)) < 0)
+        char what[300];
+        snprintf(what, sizeof(what), "point %" PRIu64 " of disk '%s'", kn, name);
+        if ((e = merge_copy(image, image, &conv, backup_dir_point_digest(k), what, &st)) < 0)
             goto out;
         say(fn, opaque,
             "%s: point %" PRIu64 " is now a full: %" PRIu64 " compressed clusters copied as they "
@@ -358,7 +428,10 @@ int backup_merge(const char *path, const char *disk, uint64_t point, const char 
         e = zerr(ENOMEM, "out of memory");
         goto out;
     }
-    e = merge_copy(image, dest, conv, st);
+    char what[300];
+    snprintf(what, sizeof(what), "point %" PRIu64 " of disk '%s'", point_number(p), disk);
+    e = merge_copy(image, dest, conv, conv->no_verify ? NULL : backup_dir_point_digest(p), what,
+                   st);
 out:
     free(image);
     backup_dir_close(d);

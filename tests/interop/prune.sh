@@ -12,7 +12,7 @@
 #      7's clusters (another cluster size) compressed anew and said so;
 #      a further backup is an incremental over point 10 and restores;
 #   2. merge of point 5: qemu-img check clean, equal to the disk at point 5
-#      and of the digest point 5 recorded,
+#      and of the digest point 5 recorded (merge checks it before DEST),
 #      no backing file, every cluster copied as it was;
 #   3. kill -9 during prune and merge (KILL_ROUNDS of each, default 6, 3
 #      under the sanitizers, with random delays, plus 8 at chosen steps
@@ -24,7 +24,9 @@
 #      finishes the job and leaves no leftover;
 #   4. refused, nothing changed (checksums of DIR): a truncated image, a
 #      missing backing file, a manifest whose level contradicts its image
-#      (which --force prunes), a manifest naming an image outside DIR (even
+#      (which --force prunes), a recorded digest the merged image does not
+#      have (prune and merge; merge --no-verify writes it), a manifest
+#      naming an image outside DIR (even
 #      with --force), a DIR in use (-EBUSY), a DIR not made by
 #      zcow, a damaged manifest, a merge into DIR; --keep N of N points
 #      does nothing and says so.
@@ -211,7 +213,9 @@ after_merge_kill() {
     for t in "$dst".*; do
         [ -e "$t" ] || continue
         case $(basename "$t") in
-        m.qcow2.zcow-tmp-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]) rm -f "$t" ;;
+        m.qcow2.zcow-tmp-m[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f] | \
+            m.qcow2.zcow-tmp-m[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f].zcow-tmp-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f])
+            rm -f "$t" ;;
         *) fail "$label: unexpected file $t" ;;
         esac
     done
@@ -220,12 +224,13 @@ after_merge_kill() {
 
 K=$work/k
 # At chosen steps, one in each state DIR can be left in: the merged image
-# half written (before its 4th write), complete under its temporary name
-# (before the 1st rename), renamed over point 8 (before the fsync of the
-# directory, 2nd fsync), the manifest written (before the 2nd rename) and
-# renamed (before the 4th fsync, of DIR: the images of points 1-7 still
-# there).  The merge: half written, complete, renamed to DEST.
-for step in write:4 rename:1 fsync:2 rename:2 fsync:4; do
+# half written (before its 4th write), complete under convert's temporary
+# name (before the 1st rename), under the merge's, its digest checked
+# (before the 2nd), renamed over point 8 (before the fsync of the
+# directory, the 3rd), the manifest written (before the 3rd rename) and
+# renamed (before the 5th fsync, of DIR: the images of points 1-7 still
+# there).  The merge: half written, complete, checked, renamed to DEST.
+for step in write:4 rename:1 rename:2 fsync:3 rename:3 fsync:5; do
     rm -rf "$K" && cp -a "$M" "$K"
     rc=$(ZCOW_FAULT="$step:kill" "$FAULT_ZCOW" prune -q --keep 3 "$K" >/dev/null 2>&1; echo $?)
     [ $rc = 137 ] && pass || fail "prune killed before $step: exit $rc"
@@ -234,12 +239,12 @@ for step in write:4 rename:1 fsync:2 rename:2 fsync:4; do
     out=$("$ZCOW" verify "$K" 2>&1) && pass || fail "verify after a prune killed before $step: $out"
     after_prune_kill "$K" "prune killed before $step"
 done
-for step in write:3 rename:1 fsync:2; do
+for step in write:3 rename:1 rename:2 fsync:3; do
     rc=$(ZCOW_FAULT="$step:kill" "$FAULT_ZCOW" merge -q --point 5 "$M" "$work/m.qcow2" >/dev/null 2>&1; echo $?)
     [ $rc = 137 ] && pass || fail "merge killed before $step: exit $rc"
     case $step in
-    rename:1) [ ! -e "$work/m.qcow2" ] && pass || fail "merge killed before its rename left DEST" ;;
-    fsync:2) [ -e "$work/m.qcow2" ] && pass || fail "merge killed after its rename left no DEST" ;;
+    rename:2) [ ! -e "$work/m.qcow2" ] && pass || fail "merge killed before its rename left DEST" ;;
+    fsync:3) [ -e "$work/m.qcow2" ] && pass || fail "merge killed after its rename left no DEST" ;;
     esac
     after_merge_kill "$work/m.qcow2" "merge killed before $step"
 done
@@ -313,6 +318,17 @@ rm -rf "$B" && cp -a "$M" "$B"
 sed -i 's|"vda/000002.qcow2"|"vda/../../x.qcow2"|' "$B/zcow-backup.json"
 refused "an image outside DIR" "$B" "names the image of point 2 of disk 'vda' 'vda/../../x.qcow2'" \
     "$ZCOW" prune --force --keep 3 "$B"
+# A merged image whose digest is not the one recorded is not put in place.
+rm -rf "$B" && cp -a "$M" "$B"
+sed -i "s|$(digest "$B" 8)|$(digest "$B" 7)|" "$B/zcow-backup.json"
+refused "a wrong digest for point 8" "$B" "the digest of the merged image, .* is not the one recorded for point 8 of disk 'vda'" \
+    "$ZCOW" prune --keep 3 "$B"
+refused "a merge of a point with a wrong digest" "$B" "is not the one recorded for point 8" \
+    "$ZCOW" merge --point 8 "$B" "$work/o.qcow2"
+[ -z "$(ls "$work" | grep '^o\.qcow2')" ] && pass || fail "a refused merge left $(ls "$work" | grep '^o\.qcow2')"
+out=$("$ZCOW" merge -q --no-verify --point 8 "$B" "$work/o.qcow2" 2>&1) && pass ||
+    fail "merge --no-verify: $out"
+rm -f "$work/o.qcow2"
 rm -rf "$B" && cp -a "$M" "$B"
 refused "a DIR in use" "$B" "in use by another zcow" flock "$B/.lock" "$ZCOW" prune --keep 3 "$B"
 refused "a disk DIR does not hold" "$B" "holds no disk 'vdz'" "$ZCOW" prune --disk vdz --keep 3 "$B"
