@@ -1,8 +1,8 @@
 # backup-functions.sh - what backup-qmp.sh, backup-libvirt.sh and
 # verify.sh share: a raw model of each disk (every write the test makes
 # through the VM also goes to $work/DISK.model), kept as it was at each
-# point, and the check that a restored point equals it; a TCG QEMU with two
-# disks.  Sourced after functions.sh.
+# point, and the check that a restored point equals it and records its
+# digest; a TCG QEMU with two disks.  Sourced after functions.sh.
 
 # qemu_start: QEMU (TCG, no guest) with $work/vda.qcow2 and vdb.qcow2 as
 # virtio disks vda and vdb (nodes da, db), and two QMP sockets: $qsock
@@ -39,9 +39,10 @@ model() {
 snap() { for d in vda vdb; do cp --sparse=always "$work/$d.model" "$work/$d.$1"; done; }
 
 # expect_point DIR DISK N SNAP: zcow restore of point N (or latest) of DISK
-# equals the model kept as SNAP.
+# equals the model kept as SNAP, and the digest the point records (zcow
+# list's last column) is blkhash.py's of it.
 expect_point() {
-    local dir=$1 disk=$2 n=$3 s=$4 out
+    local dir=$1 disk=$2 n=$3 s=$4 out got want
     rm -f "$work/r.raw"
     if out=$("$ZCOW" restore --disk "$disk" --point "$n" "$dir" "$work/r.raw" 2>&1) &&
         out=$(qemu-img compare -q -f raw -F raw "$work/$disk.$s" "$work/r.raw" 2>&1); then
@@ -49,6 +50,11 @@ expect_point() {
     else
         fail "$(basename "$dir") $disk point $n is not the disk at $s: $out"
     fi
+    got=$("$ZCOW" list "$dir" | awk -v d="$disk" -v n="$n" \
+        '$1 == d && (n == "latest" || $2 == n) { h = $NF } END { print h }')
+    want=$(python3 "$(dirname "${BASH_SOURCE[0]}")/blkhash.py" "$work/$disk.$s" | cut -d' ' -f1)
+    [ "$got" = "$want" ] && pass ||
+        fail "$(basename "$dir") $disk point $n records digest '$got', the disk at $s had $want"
 }
 
 # npoints DIR: the points of every disk in DIR.

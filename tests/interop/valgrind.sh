@@ -5,7 +5,7 @@
 #
 #   a conversion with -j 2 (O_DIRECT, write cache on), one with -t writeback
 #   and the write cache off, one to zstd from a qcow2 source, a restore
-#   (-O raw) with -j 2; zcow info, check and compare;
+#   (-O raw) with -j 2; zcow info, check, compare and digest;
 #   conversions and a restore failing on injected faults (ZCOW_FAULT, with
 #   $FAULT_ZCOW, the test build with fault injection): the error paths free
 #   what they took too.
@@ -71,6 +71,8 @@ fi
 vgrun 0 "info" info --output=json "$img" && pass
 vgrun 0 "check" check "$img" && pass
 vgrun 0 "compare" compare "$src" "$img" && pass
+vgrun 0 "digest -j 2" digest -j 2 "$src" "$img" && pass
+ZCOW_FAULT=read:3:EIO vgrun 1 "digest with ZCOW_FAULT=read:3:EIO" digest -j 2 "$img" && pass
 
 # Error paths: each fails, cleanly, with nothing leaked.
 for f in read:1:EIO write:2:EIO rename:1:EIO; do
