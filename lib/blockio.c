@@ -347,6 +347,12 @@ int blk_pwrite_rmw(struct blk *b, struct blk_rmw *m, const void *buf, size_t len
     }
     uint64_t start = off & ~(uint64_t)(BLK_ALIGN - 1);
     uint64_t end = (off + len + BLK_ALIGN - 1) & ~(uint64_t)(BLK_ALIGN - 1);
+    /* A device whose size is not a multiple of BLK_ALIGN: its last block
+     * is cut at its end (a multiple of its logical block size), as writing
+     * past it fails. */
+    int64_t dev_end = b->is_blockdev ? blk_size(b) : -1;
+    if (dev_end > 0 && (uint64_t)dev_end >= off + len && (uint64_t)dev_end < end)
+        end = (uint64_t)dev_end;
     uint8_t *block = blk_alloc(end - start);
     if (!block)
         return zerr(ENOMEM, "out of memory");

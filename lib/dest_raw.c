@@ -31,7 +31,25 @@ struct rdest {
     uint32_t sector;        /* the device's logical block size */
     atomic_bool no_zeroout; /* BLKZEROOUT is not supported: write zeros */
     uint8_t *zeros;         /* ZERO_BUF bytes, for a block device */
+    struct blk_rmw rmw;     /* for the end of a disk that ends mid-sector */
 };
+
+/* Write LEN bytes at OFF (a multiple of BLK_ALIGN) of the device.  O_DIRECT
+ * takes whole logical blocks: the end of a disk that is not a multiple of
+ * them is read, overlaid and written back (the bytes after the disk keep
+ * what the device held).  Only the last write of a disk ends so, and its
+ * block lies after OFF: no other write shares it. */
+static int dev_write(struct rdest *rd, const void *buf, size_t len, uint64_t off)
+{
+    size_t whole = len % rd->sector ? len & ~(size_t)(BLK_ALIGN - 1) : len;
+    int e = whole ? blk_pwrite(&rd->out, buf, whole, off) : 0;
+    if (e == 0 && whole < len)
+        e = blk_pwrite_rmw(&rd->out, &rd->rmw, (const uint8_t *)buf + whole, len - whole,
+                           off + whole);
+    if (e == 0)
+        blk_drop_range(&rd->out, off, len);
+    return e;
+}
 
 /* A file: the blocks of BUF that are not all zero, in runs; the length is
  * rounded up to BLK_ALIGN (the tail is cut by ftruncate).  A device: all
@@ -40,12 +58,8 @@ static int r_write(struct dest *d, uint64_t off, const void *buf, size_t len)
 {
     struct rdest *rd = d->priv;
     const uint8_t *p = buf;
-    if (rd->blockdev) {
-        int e = blk_pwrite(&rd->out, p, len, off);
-        if (e == 0)
-            blk_drop_range(&rd->out, off, len);
-        return e;
-    }
+    if (rd->blockdev)
+        return dev_write(rd, p, len, off);
     len = (len + BLK_ALIGN - 1) & ~(size_t)(BLK_ALIGN - 1);
     size_t i = 0;
     while (i < len) {
@@ -69,20 +83,23 @@ static int r_zero(struct dest *d, uint64_t off, uint64_t len)
 {
     struct rdest *rd = d->priv;
     /* BLKZEROOUT takes whole logical blocks; the end of a disk that is not
-     * a multiple of them is written. */
-    bool aligned = !(off % rd->sector) && !(len % rd->sector);
-    if (aligned && !atomic_load(&rd->no_zeroout)) {
-        uint64_t range[2] = { off, len };
-        if (ioctl(rd->out.fd, BLKZEROOUT, range) == 0)
-            return 0;
-        if (errno != EOPNOTSUPP && errno != ENOTTY)
+     * a multiple of them is written (dev_write). */
+    uint64_t whole = off % rd->sector ? 0 : len - len % rd->sector;
+    if (whole && !atomic_load(&rd->no_zeroout)) {
+        uint64_t range[2] = { off, whole };
+        if (ioctl(rd->out.fd, BLKZEROOUT, range) == 0) {
+            off += whole;
+            len -= whole;
+        } else if (errno != EOPNOTSUPP && errno != ENOTTY) {
             return zerr_sys(errno, "cannot zero %llu bytes at offset %llu of '%s' (BLKZEROOUT)",
-                            (unsigned long long)len, (unsigned long long)off, d->name);
-        atomic_store(&rd->no_zeroout, true);
+                            (unsigned long long)whole, (unsigned long long)off, d->name);
+        } else {
+            atomic_store(&rd->no_zeroout, true);
+        }
     }
     while (len > 0) {
         size_t n = len < ZERO_BUF ? (size_t)len : ZERO_BUF;
-        int e = blk_pwrite(&rd->out, rd->zeros, n, off);
+        int e = dev_write(rd, rd->zeros, n, off);
         if (e < 0)
             return e;
         off += n;
@@ -108,6 +125,8 @@ static void r_close(struct dest *d)
 {
     struct rdest *rd = d->priv;
     blk_close(&rd->out);
+    if (rd->blockdev)
+        blk_rmw_destroy(&rd->rmw);
     free(rd->zeros);
     free(rd);
 }
@@ -156,6 +175,7 @@ int dest_raw_open(const struct zcow_convert_options *o, uint64_t size, struct de
         return e;
     }
     if (rd->blockdev) {
+        blk_rmw_init(&rd->rmw);
         int sector = 0;
         rd->sector =
             ioctl(rd->out.fd, BLKSSZGET, &sector) == 0 && sector > 0 ? (uint32_t)sector : 512;

@@ -6,7 +6,7 @@ pkgs="build-essential pkg-config zlib1g-dev libzstd-dev libisal-dev libnbd-dev l
       qemu-utils python3 util-linux e2fsprogs clang libclang-rt-dev
       valgrind nbdkit nbdkit-plugin-dev libnbd-bin python3-libnbd openssl procps man-db groff-base
       libjansson-dev libvirt-dev libxml2-dev qemu-system-x86
-      libvirt-daemon-system libvirt-clients"
+      libvirt-daemon-system libvirt-clients strace"
 [ "${1:-}" = "--bench" ] && pkgs="$pkgs gnuplot-nox nbdkit libnbd-bin fuse3 linux-perf"
 missing=""
 for p in $pkgs; do

@@ -5,7 +5,9 @@
 #   - a sparse raw file (it stays sparse);
 #   - a loop device filled with garbage first (its holes must be zeroed),
 #     and with --target-is-zero (zeroed first: equal; garbage: the holes
-#     keep it, so the option does skip them);
+#     keep it, so the option does skip them); a 4Kn device; disks that end
+#     mid-sector (zcow convert of odd sizes, on 4Kn and 512-byte sectors):
+#     the disk written, the garbage after it kept;
 #   - an uncompressed qcow2 image: through O_DIRECT (none of it in the page
 #     cache), qemu-img check clean, no compressed cluster, holes
 #     unallocated, and QEMU writes to it afterwards;
@@ -28,7 +30,7 @@
 # devices need root: without them those cases are skipped, not failed.
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/backup-functions.sh"
-requires qemu-img qemu-io qemu-nbd qemu-system-x86_64 python3 cmp fincore
+requires qemu-img qemu-io qemu-nbd qemu-system-x86_64 python3 cmp fincore strace
 requires_zcow
 requires_nbd_support
 
@@ -140,6 +142,43 @@ else
 fi
 
 # ---- 3. a block device (loop) ---------------------------------------------------------
+# loop_detach FILE: detach the loop devices on FILE (cleanup may find none).
+loop_detach() {
+    local d
+    for d in $(losetup -n -O NAME -j "$1"); do losetup -d "$d"; done
+}
+# odd SECTOR DEVBYTES BYTES END: zcow convert of a raw disk of BYTES (END:
+# data to its end, or zero from 64 KiB on) to a loop device of DEVBYTES in
+# SECTOR-byte logical blocks, full of garbage: the device must then hold
+# the disk and, after it, the garbage.
+odd() {
+    local sec=$1 devb=$2 n=$3 end=$4 l out
+    local label="$n bytes ($end at the end) to a device of $devb in $sec-byte sectors"
+    rm -f "$work/odd.img" "$work/odd.raw"
+    truncate -s "$devb" "$work/odd.img"
+    garbage "$work/odd.img" "$devb"
+    if [ "$end" = data ]; then
+        head -c "$n" /dev/urandom >"$work/odd.raw"
+    else
+        head -c 65536 /dev/urandom >"$work/odd.raw"
+        truncate -s "$n" "$work/odd.raw"
+    fi
+    cp "$work/odd.img" "$work/odd.want"
+    dd if="$work/odd.raw" of="$work/odd.want" conv=notrunc status=none
+    l=$(losetup -f --show --sector-size "$sec" "$work/odd.img") || {
+        fail "$label: losetup"
+        return
+    }
+    cleanup_fn loop_detach "$work/odd.img"
+    out=$(strace -f -qq -e trace=ioctl -o "$work/odd.strace" \
+        "$ZCOW" convert -O raw -q "$work/odd.raw" "$l" 2>&1) &&
+        out=$(cmp "$work/odd.want" "$l" 2>&1) && pass || fail "$label: ${out:-differs}"
+    loop_detach "$work/odd.img"
+    # The zeros up to the last whole sector by BLKZEROOUT, not written.
+    local z="BLKZEROOUT, [65536, $((n / sec * sec - 65536))]"
+    [ "$end" = data ] || grep -qF "$z" "$work/odd.strace" && pass ||
+        fail "$label: no $z: $(grep -F BLKZEROOUT "$work/odd.strace")"
+}
 loop=
 if truncate -s $SIZE "$work/loop.img" && loop=$(losetup -f --show "$work/loop.img" 2>/dev/null); then
     cleanup_fn losetup -d "$loop"
@@ -172,6 +211,25 @@ if truncate -s $SIZE "$work/loop.img" && loop=$(losetup -f --show "$work/loop.im
             [ "$(md5sum <"$work/small.img")" = "$sum" ] && pass ||
             fail "device too small: '$out'"
     fi
+    # The disk restored onto a 4Kn device (logical blocks of 4 KiB).
+    truncate -s $SIZE "$work/4kn.img"
+    if l4=$(losetup -f --show --sector-size 4096 "$work/4kn.img"); then
+        cleanup_fn loop_detach "$work/4kn.img"
+        garbage "$l4"
+        restore "4Kn device" --point 3 "$DIR" "$l4"
+        same "4Kn device" 3 "$l4"
+        loop_detach "$work/4kn.img"
+    fi
+    # A disk that ends mid-sector (O_DIRECT takes whole sectors): the last
+    # one is read, overlaid and written back; the bytes after the disk keep
+    # the device's garbage.  Its end data, or zero (BLKZEROOUT then the
+    # rest); on 4Kn, and on 512-byte sectors with the device ending
+    # mid-4 KiB right after the disk.
+    odd 4096 $((2 << 20)) $(((1 << 20) + 512)) data
+    odd 4096 $((2 << 20)) $(((1 << 20) + 512)) zero
+    odd 512 $(((1 << 20) + 512)) $(((1 << 20) + 100)) data
+    odd 512 $(((1 << 20) + 512)) $(((1 << 20) + 100)) zero
+    odd 512 $((1 << 20)) 1000 data
 else
     echo "# no loop device here: the block device cases are skipped"
 fi
