@@ -16,6 +16,7 @@
 #include "blockio.h"
 #include "error.h"
 #include "util.h"
+#include "zcow.h"
 
 /* The block-hash file: a header of HEADER_BYTES, then DIGEST_HASH bytes
  * per block.  The header (little-endian):
@@ -66,6 +67,10 @@ static uint64_t block_len(const struct digest *d, uint64_t i)
 int digest_new(uint64_t size, struct digest **out)
 {
     *out = NULL;
+    /* Far beyond any disk (qcow2 stops at 2^61), and no overflow below. */
+    if (size > (1ull << 62))
+        return zerr(EFBIG, "a disk of %llu bytes is too large for a digest",
+                    (unsigned long long)size);
     struct digest *d = calloc(1, sizeof(*d));
     if (!d)
         return zerr(ENOMEM, "out of memory");
@@ -363,8 +368,11 @@ int digest_load(const char *path, uint64_t size, struct digest **out)
     *out = NULL;
     struct digest *d;
     int r = digest_new(size, &d);
-    if (r < 0)
-        return r;
+    if (r < 0) {
+        char cause[256];
+        snprintf(cause, sizeof(cause), "%s", zcow_get_error());
+        return zerr(-r, "cannot load '%s': %s", path, cause);
+    }
     struct blk b;
     if ((r = blk_open_read(&b, path, false)) < 0) {
         digest_free(d);

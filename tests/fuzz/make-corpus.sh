@@ -9,6 +9,7 @@
 #   corpus/decompress             compressed streams taken from the
 #                                 images: one type byte (0 zlib, 1 zstd),
 #                                 then the stream
+#   corpus/blkhash                block-hash files of small disks
 #
 # usage: tests/fuzz/make-corpus.sh   (from the top of the tree)
 set -eu
@@ -102,5 +103,27 @@ for path in sys.argv[2:]:
             name = '%s-%d' % (path.rsplit('/', 1)[1].replace('.qcow2', ''), n)
             open('%s/%s' % (outdir, name), 'wb').write(bytes([ctype]) + data)
             n += 1
+PY
+# Block-hash files (lib/digest.c's format, written here from its
+# description): disks of 1 MiB of data, of 1 MiB with zero blocks, and of
+# 100000 bytes (a short last block).
+mkdir -p "$out/blkhash"
+python3 - "$out/blkhash" <<'PY'
+import hashlib, struct, sys
+B = 65536
+def save(name, disk):
+    n = (len(disk) + B - 1) // B
+    entries, outer = b'', hashlib.sha256()
+    for i in range(n):
+        block = disk[i * B:(i + 1) * B]
+        zero = not any(block)
+        entries += bytes(32) if zero else hashlib.sha256(block).digest()
+        outer.update(hashlib.sha256(block).digest())
+    head = b'ZCOWBLKH' + struct.pack('<IIQII', 1, B, len(disk), 32, 4096)
+    head += b'sha256/64k'.ljust(16, b'\0') + outer.digest()
+    open('%s/%s' % (sys.argv[1], name), 'wb').write(head.ljust(4096, b'\0') + entries)
+save('data-1m', bytes((i * 7) & 255 for i in range(1 << 20)))
+save('zeros-1m', bytes(B * 5) + b'x' * B + bytes(B * 10))
+save('short-100000', b'y' * 100000)
 PY
 du -sh "$out"/*

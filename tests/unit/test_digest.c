@@ -400,6 +400,14 @@ static void test_hostile(void)
     memcpy(g + 16, &huge, 8);
     put(bad, g, flen);
     expect_refused(bad, huge, "truncated", "a huge disk in a small file");
+    /* A size beyond any disk: refused, not wrapped around. */
+    CHECK(digest_new(UINT64_MAX, &d) == -EFBIG && d == NULL);
+    put(bad, f, flen);
+    memcpy(g, f, flen);
+    huge = UINT64_MAX;
+    memcpy(g + 16, &huge, 8);
+    put(bad, g, flen);
+    expect_refused(bad, UINT64_MAX, "too large", "a disk of 2^64 - 1 bytes");
     /* And the good one still loads. */
     CHECK(digest_load(good, size, &d) == 0);
     digest_free(d);
