@@ -18,11 +18,16 @@
 #include "error.h"
 #include "fault.h"
 #include "options.h"
+#include "qcow2.h"
+#include "reader.h"
 
 #define MANIFEST "zcow-backup.json"
 #define MANIFEST_TMP ".zcow-backup.json.tmp"
 #define FORMAT_NAME "zcow-backup"
 #define FORMAT_VERSION 1
+/* The most a qcow2 image holds: the largest L1 table of the largest L2
+ * tables of the largest clusters (2^61 bytes). */
+#define MAX_VIRTUAL_SIZE ((uint64_t)(QCOW2_MAX_L1_BYTES / 8) << (2 * QCOW2_MAX_CLUSTER_BITS - 3))
 
 static char *join(const char *a, const char *b)
 {
@@ -62,6 +67,25 @@ static bool digest_ok(const char *disk, json_t *p)
            strspn(f + d + 1, "0123456789") == 6 && !strcmp(f + d + 7, ".blkhash");
 }
 
+/* A point's numbers that no backup writes: a virtual size of no bytes or
+ * more than an image holds, a negative time or stored size.  The name of
+ * the first such member and *WHY, or NULL. */
+static const char *bad_number(json_t *p, const char **why)
+{
+    json_int_t size = json_integer_value(json_object_get(p, "virtual-size"));
+    json_t *stored = json_object_get(p, "stored-bytes");
+    *why = "not a size of 1 byte to 2^61 bytes";
+    if (size <= 0 || (uint64_t)size > MAX_VIRTUAL_SIZE)
+        return "virtual-size";
+    *why = "before 1970";
+    if (json_integer_value(json_object_get(p, "time")) < 0)
+        return "time";
+    *why = "not a count of bytes";
+    if (stored && (!json_is_integer(stored) || json_integer_value(stored) < 0))
+        return "stored-bytes";
+    return NULL;
+}
+
 /* A manifest we can trust the shape of: every member we read later has
  * its type, so that the rest of zcow may read it without checks. */
 static int check_manifest(const char *path, json_t *m)
@@ -97,6 +121,15 @@ static int check_manifest(const char *path, json_t *m)
                 !json_is_integer(json_object_get(p, "time")) || !level ||
                 (strcmp(level, "full") && strcmp(level, "inc")) || !digest_ok(name, p))
                 return zerr(EINVAL, "'%s': point %zu of disk '%s' is malformed", path, i, name);
+            const char *why, *bad = bad_number(p, &why);
+            if (bad) {
+                char *v = json_dumps(json_object_get(p, bad), JSON_ENCODE_ANY);
+                int e =
+                    zerr(EINVAL, "'%s': point %" JSON_INTEGER_FORMAT " of disk '%s' has %s %s: %s",
+                         path, json_integer_value(n), name, bad, v ? v : "(?)", why);
+                free(v);
+                return e;
+            }
             if (i > 0 && json_integer_value(n) <= json_integer_value(json_object_get(
                                                       json_array_get(points, i - 1), "number")))
                 return zerr(EINVAL, "'%s': the points of disk '%s' are out of order", path, name);
@@ -499,6 +532,22 @@ char *backup_dir_blkhash_name(const char *file)
     return asprintf(&p, "%.*s.blkhash", (int)(n - 6), file) < 0 ? NULL : p;
 }
 
+/* The point's image IMAGE (WHAT) has the virtual size the manifest gives
+ * it: its own header read, not its chain. */
+static int check_size(const char *image, const char *what, uint64_t vsize)
+{
+    struct reader *r;
+    int e = reader_open_alone(image, 1, &r);
+    if (e < 0)
+        return e;
+    uint64_t size = reader_size(r);
+    reader_close(r);
+    if (size != vsize)
+        return zerr(EINVAL, "'%s' (%s): virtual size %" PRIu64 ", the manifest says %" PRIu64,
+                    image, what, size, vsize);
+    return 0;
+}
+
 int backup_dir_restore(const char *path, const char *disk, uint64_t point,
                        const struct zcow_convert_options *conv)
 {
@@ -514,6 +563,12 @@ int backup_dir_restore(const char *path, const char *disk, uint64_t point,
         e = zerr(ENOMEM, "out of memory");
         goto out;
     }
+    char what[300];
+    snprintf(what, sizeof(what), "point %" JSON_INTEGER_FORMAT " of disk '%s'",
+             json_integer_value(json_object_get(p, "number")), disk);
+    uint64_t vsize = (uint64_t)json_integer_value(json_object_get(p, "virtual-size"));
+    if ((e = check_size(image, what, vsize)) < 0)
+        goto out_image;
     struct zcow_convert_options c = *conv;
     c.src = image;
     c.src_format = "qcow2";
@@ -522,12 +577,8 @@ int backup_dir_restore(const char *path, const char *disk, uint64_t point,
      * point's digest before the destination is put in place. */
     const char *want = conv->no_verify ? NULL : backup_dir_point_digest(p);
     struct digest *dg = NULL;
-    char what[300];
-    snprintf(what, sizeof(what), "point %" JSON_INTEGER_FORMAT " of disk '%s'",
-             json_integer_value(json_object_get(p, "number")), disk);
     struct convert_tap tap = { .expect = want, .what = what };
-    if (want &&
-        (e = digest_new((uint64_t)json_integer_value(json_object_get(p, "virtual-size")), &dg)) < 0)
+    if (want && (e = digest_new(vsize, &dg)) < 0)
         goto out_image;
     tap.digest = dg;
     e = convert_tapped(&c, want ? &tap : NULL, &st);

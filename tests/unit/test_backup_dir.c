@@ -2,12 +2,15 @@
  * back, malformed manifests refused with a message (never trusted: digests
  * and block-hash files of the wrong shape too), the lock, disk names that
  * could not be file names, and the clean-up of what a failed backup left
- * (temporary files, images and block-hash files of no point). */
+ * (temporary files, images and block-hash files of no point); numbers no
+ * backup writes (sizes, times) refused naming the member, and a restore of
+ * an image whose virtual size is not the manifest's. */
 #include <errno.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 
 #include "backup_dir.h"
+#include "options.h"
 #include "unit.h"
 #include "zcow.h"
 
@@ -67,6 +70,85 @@ static void point_with(char *buf, size_t cap, const char *digest, const char *bl
              "%s%s%s%s}]}}}",
              digest ? ", \"digest\": " : "", digest ? digest : "", blkhash ? ", \"blkhash\": " : "",
              blkhash ? blkhash : "");
+}
+
+/* A manifest of one point whose MEMBERS (JSON) follow its number. */
+static void point_members(char *buf, size_t cap, const char *members)
+{
+    snprintf(buf, cap,
+             "{\"format\": \"zcow-backup\", \"version\": 1, \"prefix\": \"p\", \"disks\": "
+             "{\"vda\": {\"bitmap\": null, \"points\": [{\"number\": 1, \"level\": \"full\", "
+             "\"file\": \"vda/000001.qcow2\", %s}]}}}",
+             members);
+}
+
+/* Numbers no backup writes, refused in one line naming the member. */
+static void hostile_numbers(void)
+{
+    static const struct {
+        const char *members, *field;
+    } bad[] = {
+        { "\"time\": 1, \"virtual-size\": -1", "virtual-size -1" },
+        { "\"time\": 1, \"virtual-size\": 0", "virtual-size 0" },
+        { "\"time\": 1, \"virtual-size\": 4611686018427387904",
+          "virtual-size 4611686018427387904" },
+        { "\"time\": -5, \"virtual-size\": 1048576", "time -5" },
+        { "\"time\": 1, \"virtual-size\": 1048576, \"stored-bytes\": -1", "stored-bytes -1" },
+        { "\"time\": 1, \"virtual-size\": 1048576, \"stored-bytes\": \"7\"", "stored-bytes \"7\"" },
+    };
+    char m[1024];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        point_members(m, sizeof(m), bad[i].members);
+        refused(bad[i].field, m, EINVAL);
+        const char *msg = zcow_get_error();
+        CHECKF(strstr(msg, bad[i].field) && strstr(msg, "point 1 of disk 'vda'") &&
+                   !strchr(msg, '\n'),
+               "%s: message '%s'", bad[i].field, msg);
+    }
+    /* The largest an image holds (2^61), a time of 0, no stored-bytes. */
+    point_members(m, sizeof(m), "\"time\": 0, \"virtual-size\": 2305843009213693952");
+    write_file("zcow-backup.json", m);
+    struct backup_dir *d;
+    CHECKF(backup_dir_open(dir, false, &d) == 0, "%s", zcow_get_error());
+    backup_dir_close(d);
+}
+
+/* A restore of a point whose image is not of the manifest's virtual size
+ * is refused before anything is written, in verify's words. */
+static void restore_size_mismatch(void)
+{
+    char sub[600], image[700], dst[700], m[1024];
+    snprintf(sub, sizeof(sub), "%s/sized", dir);
+    snprintf(image, sizeof(image), "%s/vda", sub);
+    CHECK(mkdir(sub, 0755) == 0 && mkdir(image, 0755) == 0);
+    snprintf(image, sizeof(image), "%s/vda/000001.qcow2", sub);
+    snprintf(dst, sizeof(dst), "%s/out.raw", dir);
+    zcow_create_opts *o = zcow_create_opts_new();
+    zcow_image *img;
+    CHECK(o && zcow_create_opts_set_virtual_size(o, 1 << 20) == 0);
+    CHECKF(zcow_create(image, o, &img) == 0 && zcow_close(img) == 0, "%s", zcow_get_error());
+    zcow_create_opts_free(o);
+    struct zcow_convert_options c;
+    convert_options_defaults(&c);
+    c.dst = dst;
+    c.dst_format = "raw";
+    c.threads = 1;
+    for (int k = 0; k < 2; k++) {
+        point_members(m, sizeof(m),
+                      k ? "\"time\": 1, \"virtual-size\": 1048576"
+                        : "\"time\": 1, \"virtual-size\": 2097152");
+        write_file("sized/zcow-backup.json", m);
+        int e = backup_dir_restore(sub, "vda", 1, &c);
+        if (k) {
+            CHECKF(e == 0 && access(dst, F_OK) == 0, "the right size: %s", zcow_get_error());
+            break;
+        }
+        const char *msg = zcow_get_error();
+        CHECKF(e == -EINVAL && strstr(msg, "000001.qcow2") &&
+                   strstr(msg, "virtual size 1048576, the manifest says 2097152"),
+               "got %d '%s'", e, msg);
+        CHECK(access(dst, F_OK) != 0);
+    }
 }
 
 int main(void)
@@ -175,6 +257,9 @@ int main(void)
             "{\"format\": \"zcow-backup\", \"format\": \"zcow-backup\", \"version\": 1, "
             "\"prefix\": \"p\", \"disks\": {}}",
             EINVAL);
+
+    hostile_numbers();
+    restore_size_mismatch();
 
     /* Clean-up: temporary images and images of no point go, the rest
      * stays. */
