@@ -12,8 +12,6 @@
  * naming the file, no crash. */
 #include <errno.h>
 #include <fcntl.h>
-#include <openssl/evp.h>
-#include <openssl/sha.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "blkhash_ref.h"
 #include "digest.h"
 #include "error.h"
 #include "unit.h"
@@ -31,22 +30,6 @@
 #define B DIGEST_BLOCK
 
 static char dir[] = "/var/tmp/zcow-test-digest.XXXXXX";
-
-static void reference(const uint8_t *p, uint64_t len, char hex[DIGEST_HEX_SIZE])
-{
-    EVP_MD_CTX *outer = EVP_MD_CTX_new();
-    EVP_DigestInit_ex(outer, EVP_sha256(), NULL);
-    for (uint64_t off = 0; off < len; off += B) {
-        uint8_t h[32];
-        SHA256(p + off, len - off < B ? (size_t)(len - off) : B, h);
-        EVP_DigestUpdate(outer, h, 32);
-    }
-    uint8_t h[32];
-    EVP_DigestFinal_ex(outer, h, NULL);
-    EVP_MD_CTX_free(outer);
-    for (int i = 0; i < 32; i++)
-        sprintf(hex + 2 * i, "%02x", h[i]);
-}
 
 static void final_of(struct digest *d, char hex[DIGEST_HEX_SIZE]) { digest_final(d, hex); }
 
@@ -130,7 +113,7 @@ static void test_random(void)
         }
         char got[DIGEST_HEX_SIZE], want[DIGEST_HEX_SIZE];
         final_of(d, got);
-        reference(buf, size, want);
+        blkhash_ref(buf, size, want);
         CHECKF(!strcmp(got, want), "size %llu: %s, want %s", (unsigned long long)size, got, want);
         /* Final leaves the digest as it was. */
         final_of(d, got);
@@ -166,7 +149,7 @@ static void test_alignment(void)
     CHECK(!strcmp(a, b));
     uint8_t *whole = calloc(1, size);
     whole[3 * B + 5] = 1;
-    reference(whole, size, b);
+    blkhash_ref(whole, size, b);
     CHECK(!strcmp(a, b));
     digest_free(d);
     free(whole);
@@ -259,7 +242,7 @@ static void test_threads(void)
         memset(buf + b * B, 0, b == n - 1 ? size - b * B : B);
     char got[DIGEST_HEX_SIZE], want[DIGEST_HEX_SIZE];
     final_of(d, got);
-    reference(buf, size, want);
+    blkhash_ref(buf, size, want);
     CHECKF(!strcmp(got, want), "threads: %s, want %s", got, want);
     digest_free(d);
     free(buf);
@@ -295,7 +278,7 @@ static void test_round_trip(void)
     memset(buf + 30 * B, 0, B);
     CHECK(digest_zero(l, 30 * B, B) == 0);
     final_of(l, a);
-    reference(buf, size, b);
+    blkhash_ref(buf, size, b);
     CHECK(!strcmp(a, b));
     /* Where the two differ: blocks 10 and 11 (data now), 30 (zero now). */
     uint64_t first;
