@@ -385,6 +385,25 @@ out:
 
 /* ---- Reading ------------------------------------------------------------ */
 
+/* Is every cluster of the data run M inside the file?  A cluster that
+ * starts at or past the end is corrupt (as a compressed one is); the end
+ * of a last cluster cut by the end of the file reads as zero, as QEMU
+ * reads it.  The size is the one seen at open; only a run past it asks
+ * again, for a file that grew since. */
+static int check_data_run(struct reader *r, const struct mapping *m)
+{
+    uint64_t mask = r->cluster_size - 1;
+    uint64_t last = (m->host + m->len - 1) & ~mask;
+    if (last < r->file_size)
+        return 0;
+    int64_t now = blk_size(&r->blk);
+    if (now > 0 && last < (uint64_t)now)
+        return 0;
+    uint64_t first = m->host & ~mask, end = (r->file_size + mask) & ~mask;
+    return corrupt(r, "data cluster at offset %#llx is beyond the end of the file",
+                   (unsigned long long)(first > end ? first : end));
+}
+
 int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
 {
     uint8_t *p = buf;
@@ -414,7 +433,10 @@ int reader_read(struct reader *r, uint64_t off, void *buf, size_t len)
                 memset(p, 0, m.len);
             break;
         case ZCOW_CLUSTER_ZERO: memset(p, 0, m.len); break;
-        case ZCOW_CLUSTER_NORMAL: e = blk_read(&r->blk, p, m.len, m.host); break;
+        case ZCOW_CLUSTER_NORMAL:
+            if ((e = check_data_run(r, &m)) == 0)
+                e = blk_read(&r->blk, p, m.len, m.host);
+            break;
         case ZCOW_CLUSTER_COMPRESSED: e = read_compressed_run(r, off, n, p, &m, &cluster); break;
         }
         if (e < 0)

@@ -3,7 +3,8 @@
 # small real images made by qemu-img and qemu-io: 1 MiB virtual, 512 B to
 # 16 KiB clusters (and one empty 64 KiB image), each seed under 200 KiB.
 #
-#   corpus/check, corpus/reader   whole images
+#   corpus/check, corpus/reader   whole images (and one with a data
+#                                 cluster past the end of the file)
 #   corpus/header                 the first 4 KiB of each (header and
 #                                 extensions)
 #   corpus/decompress             compressed streams taken from the
@@ -77,6 +78,17 @@ for f in "$tmp"/*.qcow2; do
     cp "$f" "$out/reader/$name"
     head -c 4096 "$f" >"$out/header/$name"
 done
+
+# A data cluster far past the end of the file (its first L2 entry set to
+# 2^55): the reader refuses to read it, zcow check reports it.
+python3 - "$tmp/plain-4k.qcow2" "$out/reader/pasteof-4k" <<'PY'
+import struct, sys
+d = bytearray(open(sys.argv[1], 'rb').read())
+l2 = struct.unpack('>Q', d[struct.unpack('>Q', d[40:48])[0]:][:8])[0] & 0x00fffffffffffe00
+d[l2:l2 + 8] = struct.pack('>Q', (1 << 63) | (1 << 55))
+open(sys.argv[2], 'wb').write(d)
+PY
+cp "$out/reader/pasteof-4k" "$out/check/pasteof-4k"
 
 # Compressed streams as the images hold them (whole sectors, as a reader
 # reads them), the first few of each compressed image.

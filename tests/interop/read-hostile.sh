@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # read-hostile.sh - broken and hostile images: `zcow info` and
-# `zcow convert -O raw` must fail with one clear line on stderr naming the
-# file, exit 1 (not a signal), and leave no output or temporary file.
+# `zcow convert -O raw` (and `zcow digest` where asked) must fail with one
+# clear line on stderr naming the file, exit 1 (not a signal), and leave
+# no output or temporary file.
 #
 # Exit 0 pass, 1 fail.  qemu-img and qemu-io are required.
 set -u
@@ -59,6 +60,8 @@ expect_fail() {
         rm -f out.raw out.raw.zcow-tmp-*
         if [ $cmd = info ]; then
             "$ZCOW" info --output=json "$@" >/dev/null 2>err
+        elif [ $cmd = digest ]; then
+            "$ZCOW" digest "$@" >/dev/null 2>err
         else
             "$ZCOW" convert -q -O raw "$@" out.raw >/dev/null 2>err
         fi
@@ -164,6 +167,19 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(off); f.write(b"\xff" * 64)
 EOF
 ONLY=convert expect_fail "corrupt compressed stream" "cannot decompress" c.qcow2
+
+# A data cluster far past the end of the file (QEMU reads it as zeros):
+# reading it fails, as for a compressed one (info reads only metadata).
+fresh t.qcow2
+python3 - t.qcow2 <<'EOF'
+import sys
+# The first L2 entry (guest offset 0) points at 2^55.
+with open(sys.argv[1], "r+b") as f:
+    f.seek(0x30000); l2 = int.from_bytes(f.read(8), "big") & 0x00fffffffffffe00
+    f.seek(l2); f.write(((1 << 63) | (1 << 55)).to_bytes(8, "big"))
+EOF
+ONLY="convert digest" expect_fail "data cluster beyond the file" \
+    "data cluster at offset 0x80000000000000 is beyond the end of the file" t.qcow2
 
 # Backing files: missing, a loop a -> b -> a, a loop onto itself.
 qemu-img create -q -f qcow2 -b gone.qcow2 -F qcow2 -u orphan.qcow2 16M

@@ -4,8 +4,9 @@
  * cluster kind, extended L2 subclusters, compressed streams packed into
  * shared sectors and running past the end of the file, backing chains,
  * parallel reads with a thrashing L2 cache, O_DIRECT with unaligned
- * requests, the exact stream length of copied clusters, and hostile
- * headers that must fail with a message instead of crashing. */
+ * requests, the exact stream length of copied clusters, hostile
+ * headers that must fail with a message instead of crashing, and data
+ * clusters past the end of the file. */
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -735,6 +736,54 @@ static void test_hostile(void)
     }
 }
 
+/* Data clusters past the end of the file: one far beyond (2^55), one
+ * right after the last cluster and contiguous with it on the host (a run
+ * of both must fail too), and the last cluster cut by the end of the file
+ * (its end reads as zero, as QEMU reads it).  The size is the one seen at
+ * open, asked again for a file that grew since. */
+static void test_data_past_eof(void)
+{
+    const char *p = tpath(0, "past-eof.qcow2");
+    const uint64_t cs = 65536;
+    uint8_t *d = malloc(2 * cs), *back = malloc(2 * cs);
+    memset(d, 0x5a, cs);
+    memset(d + cs, 0x6b, cs);
+    struct builder b;
+    b_init(&b, p, 16, false, 0, 1 << 20);
+    b_normal(&b, 0, d);
+    uint64_t last = b_normal(&b, 3 * cs, d); /* the file ends at last + cs */
+    b_entry(&b, cs, (1ull << 55) | QCOW2_OFLAG_COPIED, 0);
+    b_entry(&b, 4 * cs, (last + cs) | QCOW2_OFLAG_COPIED, 0);
+    b_finish(&b, NULL);
+    struct reader *r;
+    CHECK(reader_open(p, NULL, 0, &r) == 0);
+    CHECK(reader_read(r, 0, back, cs) == 0 && !memcmp(back, d, cs));
+    CHECK(reader_read(r, cs, back, 512) == -EIO);
+    CHECKF(strstr(zcow_get_error(), "data cluster at offset 0x80000000000000 is beyond the end "
+                                    "of the file"),
+           "%s", zcow_get_error());
+    CHECK(reader_read(r, 3 * cs, back, cs) == 0 && !memcmp(back, d, cs));
+    CHECK(reader_read(r, 3 * cs, back, 2 * cs) == -EIO);
+    char want[96];
+    snprintf(want, sizeof(want), "data cluster at offset %#llx is beyond",
+             (unsigned long long)(last + cs));
+    CHECKF(strstr(zcow_get_error(), want), "%s", zcow_get_error());
+    /* The file grows (its writer appends the cluster): now it reads. */
+    bwrite(&b, d + cs, cs, last + cs);
+    CHECKF(reader_read(r, 3 * cs, back, 2 * cs) == 0 && !memcmp(back, d, 2 * cs), "%s",
+           zcow_get_error());
+    reader_close(r);
+    /* Cut in the middle of the last cluster. */
+    CHECK(ftruncate(b.fd, (off_t)(last + cs / 2)) == 0);
+    CHECK(reader_open(p, NULL, 1, &r) == 0);
+    memset(d + cs / 2, 0, cs / 2);
+    CHECKF(reader_read(r, 3 * cs, back, cs) == 0 && !memcmp(back, d, cs), "%s", zcow_get_error());
+    reader_close(r);
+    b_close(&b);
+    free(d);
+    free(back);
+}
+
 /* ---- The public API over the reader --------------------------------------- */
 
 static void test_public(void)
@@ -836,6 +885,7 @@ int main(void)
     test_parallel(false);
     test_parallel(true);
     test_hostile();
+    test_data_past_eof();
     test_public();
     char cmd[600];
     snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
