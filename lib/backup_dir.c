@@ -267,6 +267,14 @@ static int dir_open(const char *path, bool create, int lock, struct backup_dir *
     /* Reading only (LOCK 0): the manifest is replaced by rename, so it is
      * always whole, and no lock is needed. */
     d->lock_fd = lock ? open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644) : -2;
+    if (d->lock_fd == -1 && lock == LOCK_SH && (errno == EROFS || errno == EACCES)) {
+        /* A reader (verify, restore) of a DIR it may not write, as on
+         * read-only media (an off-site copy): a shared lock needs no
+         * write access; with no .lock to lock, nothing writes DIR. */
+        d->lock_fd = open(lock_path, O_RDONLY | O_CLOEXEC);
+        if (d->lock_fd == -1 && errno == ENOENT)
+            d->lock_fd = -2, lock = 0;
+    }
     if (d->lock_fd == -1) {
         e = zerr_sys(errno, "cannot lock the backup directory '%s'", path);
         goto out;

@@ -6,8 +6,11 @@
 # point; verify changes nothing in DIR.
 #   good        every point ok, exit 0; --point N reports N only, --disk
 #               one disk only, --point latest the latest of each disk;
-#               each image read once (the bytes read from the disk)
-#   compressed  a flipped byte inside a compressed cluster's stream
+#               each image read once (the bytes read from the disk); on
+#               read-only media
+#   compressed  a flipped byte inside a compressed cluster's stream: it
+#               fails to decompress, or (with some seeds) decompresses to
+#               other bytes, which the digest sees
 #   longer      a stream that decompresses to more than a cluster, which
 #               QEMU reads cut at the cluster's end
 #   refcount    a refcount raised (a leak): only the structure check sees it
@@ -117,14 +120,27 @@ out=$("$ZCOW" verify --point 2 --disk vda "$D" 2>&1)
 out=$("$ZCOW" verify --point latest "$D" 2>&1)
 [ "$?" = 0 ] && [ "$(echo "$out" | head -2 | tr '\n' ' ')" = "vda 3 inc ok vdb 3 inc ok " ] &&
     pass || fail "--point latest: $out"
-# Each image is read once, not again under every point above it: the
-# second run (the first brought the program and the images' metadata into
+# Each image is read once, not again under every point above it: a run
+# after the first (which brought the program and the images' metadata into
 # the page cache) reads from the disk (O_DIRECT) about the images' bytes.
-"$ZCOW" verify "$D" >/dev/null 2>&1
-inblocks=$(/usr/bin/time -f %I "$ZCOW" verify "$D" 2>&1 >/dev/null | tail -n 1)
+# Up to three tries: another process dropping the page cache meanwhile
+# makes a run read the program again.
 total=$(cat "$D"/vd?/*.qcow2 | wc -c)
+"$ZCOW" verify "$D" >/dev/null 2>&1
+for try in 1 2 3; do
+    inblocks=$(/usr/bin/time -f %I "$ZCOW" verify "$D" 2>&1 >/dev/null | tail -n 1)
+    [ "$((inblocks * 512))" -le "$((total * 5 / 4))" ] && break
+done
 [ "$((inblocks * 512))" -le "$((total * 5 / 4))" ] && pass ||
     fail "verify read $((inblocks * 512)) bytes from the disk, the images hold $total"
+# On read-only media (a read-only bind mount of DIR, as root): verified all
+# the same, under a shared lock of its .lock.
+if [ "$(id -u)" = 0 ] && mkdir -p "$work/ro" && mount --bind "$D" "$work/ro" 2>/dev/null; then
+    cleanup_fn umount "$work/ro"
+    if mount -o remount,bind,ro "$work/ro" 2>/dev/null && ! touch "$work/ro/x" 2>/dev/null; then
+        out=$("$ZCOW" verify --point latest "$work/ro" 2>&1) && pass || fail "read-only DIR: $out"
+    fi
+fi
 sum_after=$(cd "$D" && find . -type f -print0 | sort -z | xargs -0 sha256sum)
 [ "$sum_before" = "$sum_after" ] && pass || fail "verify changed DIR"
 
@@ -167,7 +183,7 @@ f.seek(int(sys.argv[2])); f.write(bytes([b[0] ^ 0xff]))' "$1" "$2"
 x=$(damaged compressed)
 read -r coff clen < <(compressed_at "$x/vda/000001.qcow2" 5) || fail "no compressed cluster"
 flip "$x/vda/000001.qcow2" $((coff + 40))
-verify_bad compressed "$x" "^vda 1 full BAD: .*(decompress|corrupt)"
+verify_bad compressed "$x" "^vda 1 full BAD: .*(cannot decompress|its content.s digest is)"
 
 # ---- a stream that decompresses to more than a cluster ------------------------------
 # The first cluster's bytes and 100 more, in a stream no longer than the one
