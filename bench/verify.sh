@@ -168,7 +168,7 @@ each() { awk -F'\t' -v k="$1" '$1 == k && $10 == 0 {printf "%s%s", (n++ ? ", " :
 label() {
     case $1 in
         verify) echo "\`zcow verify DIR\`: all $NPOINTS points" ;;
-        restore) echo '`zcow restore DIR OUT.raw`: the latest point' ;;
+        restore) echo '`zcow restore DIR OUT.raw`: the latest point (hashing what it writes and comparing the digest with the recorded one, as restores do by default)' ;;
         qemu-all) echo "qemu-img way, all $NPOINTS points: \`qemu-img check\` of each image, then \`qemu-img convert -O raw POINT T.raw && sha256sum T.raw\` of each point" ;;
         qemu-latest) echo 'qemu-img way, the latest point: `qemu-img check` of each image, then `qemu-img convert -O raw LATEST T.raw && sha256sum T.raw`' ;;
     esac
@@ -180,7 +180,7 @@ V=$(med verify wall) R=$(med restore wall)
     echo "- machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB RAM", $2 / 1048576}' /proc/meminfo), kernel $(uname -r)"
     echo "- work dir: $WORK on $(df --output=source "$WORK" | tail -n 1)"
     echo "- $(qemu-img --version | head -n 1)"
-    echo "- zcow: $ZCOW, git commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null)"
+    echo "- zcow: $ZCOW, git commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null) of the tree the script ran from"
     echo "- load average at start: $LOAD0; at end: $LOAD1 (2 CPUs shared with other work: the figures move with it)"
     echo "- command: $CMDLINE"
     echo "- caches dropped before each run: $([ "$DROP_OK" = 1 ] && echo yes || echo NO)"
@@ -197,7 +197,7 @@ V=$(med verify wall) R=$(med restore wall)
         echo "| $(label $k) | $(fmt_s "$w") | $(each $k) | $(fmt_s "$(med $k cpu)") | $(fmt_mib "$(med $k rss)" 1024) | $(ratio "$w" "$R" 3) | $(ratio "$w" "$V" 3) |"
     done
     echo
-    echo "Medians of $RUNS round(s); in each round the four commands ran one after the other in this order, the page cache dropped before each. Wall and CPU (user + sys): the whole command; for the qemu-img way the shell script running every qemu-img and sha256sum (\`bash -c\`, below), the children's CPU included. zcow verify checks every image's structure (as zcow check), the chain's links and the manifest, and reads every cluster each image holds once (compressed ones decompressed, exactly); zcow restore reads the latest point's chain once and writes a sparse raw file through O_DIRECT. The qemu-img way reads each point's whole chain again for each point."
+    echo "Medians of $RUNS round(s); in each round the four commands ran one after the other in this order, the page cache dropped before each. Wall and CPU (user + sys): the whole command; for the qemu-img way the shell script running every qemu-img and sha256sum (\`bash -c\`, below), the children's CPU included. zcow verify checks every image's structure (as zcow check), the chain's links and the manifest, and reads every cluster each image holds once (compressed ones decompressed, exactly); zcow restore reads the latest point's chain once, writes a sparse raw file through O_DIRECT and checks the digest of what it wrote. The qemu-img way reads each point's whole chain again for each point."
     echo
     echo "The qemu-img way, as run (\`bash -c SCRIPT _ DIR T.raw all|latest\`):"
     echo
