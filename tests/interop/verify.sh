@@ -31,11 +31,13 @@
 #   digest      the manifest's digest of a point edited: it is bad, the
 #               next good; blkhash: a point's block-hash file damaged;
 #               no-digest: a point without one says "ok (no digest)"
+#   chains      a second full and an incremental over it: each chain from
+#               its full; a point of the second reads none of the first
 #   bad input   no DIR, not a backup DIR, a manifest that is not JSON, no
 #               such disk or point: exit 1 and one line
 . "$(dirname "$0")/functions.sh"
 . "$(dirname "$0")/backup-functions.sh"
-requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum /usr/bin/time
+requires qemu-img qemu-io qemu-system-x86_64 python3 sha256sum /usr/bin/time strace
 requires_zcow
 requires_nbd_support
 
@@ -350,5 +352,28 @@ bad_input not-ours "not a zcow backup directory" "$work/other"
 bad_input no-disk "no disk 'vdc'" --disk vdc "$D"
 bad_input no-point "no disk has a point 9" --point 9 "$D"
 bad_input bad-point "must be a point number" --point x "$D"
+
+# ---- a second chain: a new full, and an incremental over it ---------------------------
+# Each chain is verified from its own full; --point 5 reads points 4 and 5
+# only (point 2 removed does not touch it), all points still verify but 2
+# and 3.
+qemu_start || fail "cannot restart QEMU"
+"$ZCOW" backup --level full --qmp "$qsock" "$D" >/dev/null 2>&1 || fail "backup full 4"
+python3 "$QMP" "$msock" write "$VDA" "write -P 0x65 3M 64k" || fail "write 4"
+backup inc 5
+qemu_stop
+out=$("$ZCOW" verify --disk vda "$D" 2>&1)
+[ $? = 0 ] && [ "$(echo "$out" | grep -c ' ok$')" = 5 ] && echo "$out" | grep -q "^vda 4 full ok$" &&
+    pass || fail "two chains: $out"
+x=$(damaged chains)
+rm "$x/vda/000002.qcow2"
+# (LeakSanitizer cannot run traced.)
+out=$(ASAN_OPTIONS="${ASAN_OPTIONS:-}:detect_leaks=0" strace -f -qq -e trace=openat \
+    -o "$work/strace.log" "$ZCOW" verify --point 5 --disk vda "$x" 2>&1) &&
+    ! grep -q "vda/00000[123]\.qcow2" "$work/strace.log" && pass ||
+    fail "point 5 of the second chain reads the first: $out $(grep -c qcow2 "$work/strace.log")"
+verify_bad chains "$x" "^vda 3 inc BAD: rests on point 2" --disk vda
+out=$("$ZCOW" verify --disk vda "$x" 2>&1)
+echo "$out" | grep -q "^vda 5 inc ok$" && pass || fail "the second chain is spoilt by the first: $out"
 
 finish
