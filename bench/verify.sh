@@ -4,7 +4,7 @@
 # "Verifying a backup".
 #
 #   bench/verify.sh [--quick] [--runs N] [--incs N] [--workdir DIR]
-#                   [--zcow PATH] [--label NAME]
+#                   [--zcow PATH] [--label NAME] [--no-qemu]
 #
 #   --quick        smoke test: a 256 MiB disk, 1 round (figures not for quoting)
 #   --runs N       rounds (default 3); each figure is the median of N runs
@@ -13,6 +13,7 @@
 #                  /var/tmp/zcow-bench); the W2 input is reused when present
 #   --zcow PATH    the zcow binary (default build/zcow)
 #   --label NAME   results in bench/results/DATE/verify-NAME.md
+#   --no-qemu      verify and restore only (the qemu-img rows take minutes)
 #
 # The backup: bench/w2-backup.sh - zcow backup --qmp of a TCG QEMU whose
 # disk is a qcow2 of W2: a full, then INCS incrementals, each after 1% of
@@ -38,10 +39,10 @@ ROOT=$(dirname "$HERE")
 . "$HERE/make-inputs.sh"
 . "$HERE/w2-backup.sh"
 
-QUICK=0 RUNS='' LABEL='' INCS=3
+QUICK=0 RUNS='' LABEL='' INCS=3 QEMU=1
 WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
 ZCOW=${ZCOW:-$ROOT/build/zcow}
-usage() { sed -n '2,33p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,35p' "$0" | sed 's/^# \{0,1\}//'; }
 while [ $# -gt 0 ]; do
     case "$1" in
         --quick) QUICK=1 ;;
@@ -55,6 +56,7 @@ while [ $# -gt 0 ]; do
         --zcow=*) ZCOW=${1#*=} ;;
         --label) LABEL=${2:?}; shift ;;
         --label=*) LABEL=${1#*=} ;;
+        --no-qemu) QEMU=0 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "unknown option: $1" >&2; usage >&2; exit 2 ;;
     esac
@@ -63,7 +65,7 @@ done
 [ -n "$RUNS" ] || { [ $QUICK = 1 ] && RUNS=1 || RUNS=3; }
 case "$RUNS" in ''|*[!0-9]*|0) echo "--runs: a positive number" >&2; exit 2 ;; esac
 case "$INCS" in ''|*[!0-9]*) echo "--incs: a number" >&2; exit 2 ;; esac
-CMDLINE="bench/verify.sh$([ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --incs $INCS${LABEL:+ --label $LABEL}"
+CMDLINE="bench/verify.sh$([ $QUICK = 1 ] && echo ' --quick') --runs $RUNS --incs $INCS${LABEL:+ --label $LABEL}$([ $QEMU = 0 ] && echo ' --no-qemu')"
 if [ $QUICK = 1 ]; then
     W2=w2-256M
     export W2_TREE=${W2_TREE:-/usr/share/doc}
@@ -156,6 +158,7 @@ for r in $(seq 1 "$RUNS"); do
     fi
     rm -f "$B/out.raw"
     for w in all latest; do
+        [ $QEMU = 1 ] || continue
         measure_once qemu-$w "$r" "$LATEST" - $LIMIT bash -c "$QEMU_WAY" _ "$DIR" "$B/tmp.raw" $w
         ok_line "run $r, the qemu-img way ($w): exit $M_RC, $(grep -Ec "^[0-9]{6}\.qcow2 [0-9a-f]{64}$" "$(lastlog qemu-$w)") points hashed" $M_RC
         rm -f "$B/tmp.raw"
@@ -197,14 +200,16 @@ V=$(med verify wall) R=$(med restore wall)
         echo "| $(label $k) | $(fmt_s "$w") | $(each $k) | $(fmt_s "$(med $k cpu)") | $(fmt_mib "$(med $k rss)" 1024) | $(ratio "$w" "$R" 3) | $(ratio "$w" "$V" 3) |"
     done
     echo
-    echo "Medians of $RUNS round(s); in each round the four commands ran one after the other in this order, the page cache dropped before each. Wall and CPU (user + sys): the whole command; for the qemu-img way the shell script running every qemu-img and sha256sum (\`bash -c\`, below), the children's CPU included. zcow verify checks every image's structure (as zcow check), the chain's links and the manifest, and reads every cluster each image holds once (compressed ones decompressed, exactly); zcow restore reads the latest point's chain once, writes a sparse raw file through O_DIRECT and checks the digest of what it wrote. The qemu-img way reads each point's whole chain again for each point."
+    echo "Medians of $RUNS round(s); in each round the $([ $QEMU = 1 ] && echo four || echo two) commands ran one after the other in this order, the page cache dropped before each. Wall and CPU (user + sys): the whole command$([ $QEMU = 1 ] && echo "; for the qemu-img way the shell script running every qemu-img and sha256sum (\`bash -c\`, below), the children's CPU included"). zcow verify checks every image's structure (as zcow check), the chain's links and the manifest, reads every cluster each image holds once (compressed ones decompressed, exactly) and recomputes every point's digest; zcow restore reads the latest point's chain once, writes a sparse raw file through O_DIRECT and checks the digest of what it wrote.$([ $QEMU = 1 ] && echo " The qemu-img way reads each point's whole chain again for each point.")"
     echo
-    echo "The qemu-img way, as run (\`bash -c SCRIPT _ DIR T.raw all|latest\`):"
-    echo
-    echo '```sh'
-    echo "$QEMU_WAY"
-    echo '```'
-    echo
+    if [ $QEMU = 1 ]; then
+        echo "The qemu-img way, as run (\`bash -c SCRIPT _ DIR T.raw all|latest\`):"
+        echo
+        echo '```sh'
+        echo "$QEMU_WAY"
+        echo '```'
+        echo
+    fi
     echo "### Target (issue 11, point 2)"
     echo
     if le "$V" "$(awk -v r="$R" 'BEGIN{print 1.5 * r}')"; then
