@@ -20,8 +20,10 @@
 # measured command (the copies it works on are made before):
 #   prune        zcow prune --keep 1 D        (D a copy of M: point 2 made a
 #                                              full, point 1 removed)
-#   merge        zcow merge --point 2 M OUT   (the same copy, no checks,
+#   merge        zcow merge --point 2 M OUT   (the same copy and digest
+#                                              check, no structural check,
 #                                              manifest or removal)
+#   merge-nv     zcow merge --no-verify ...   (the copy alone)
 #   q-convert    qemu-img convert -c -O qcow2 M/vda/000002.qcow2 OUT
 #                                             (the chain read and
 #                                              recompressed in one pass)
@@ -229,13 +231,16 @@ for r in $(seq 1 "$RUNS"); do
         PRUNE_SAID=$(grep -v '^+ ' "$LOGDIR/prune.$r.log")
         PRUNE_FINCORE=$(cd "$D" && fincore -b zcow-backup.json vda/*.qcow2 2>&1)
         verify "round $r, zcow prune (point 2 after)" "$D/vda/000002.qcow2"
-        [ "$(ls "$D/vda")" = 000002.qcow2 ] || { CHECKS+=("round $r, zcow prune: left $(ls "$D/vda" | tr '\n' ' ')"); BAD=$((BAD + 1)); }
+        [ "$(ls "$D/vda" | tr "\n" " ")" = "000002.blkhash 000002.qcow2 " ] || { CHECKS+=("round $r, zcow prune: left $(ls "$D/vda" | tr '\n' ' ')"); BAD=$((BAD + 1)); }
     fi
     rm -rf "$D"
 
     rm -f "$OUT"
     run_once merge "$r" "$OUT" "$M" "$ZCOW" merge --point 2 "$M" "$OUT" &&
         verify "round $r, zcow merge" "$OUT"
+    rm -f "$OUT"
+    run_once merge-nv "$r" "$OUT" "$M" "$ZCOW" merge --no-verify --point 2 "$M" "$OUT" &&
+        verify "round $r, zcow merge --no-verify" "$OUT"
     rm -f "$OUT"
     run_once q-convert "$r" "$OUT" "$M" qemu-img convert -c -f qcow2 -O qcow2 "$P2" "$OUT" &&
         verify "round $r, qemu-img convert -c" "$OUT"
@@ -255,6 +260,7 @@ label() {
     case $1 in
         prune) echo '`zcow prune --keep 1 D`' ;;
         merge) echo '`zcow merge --point 2 M OUT`' ;;
+        merge-nv) echo '`zcow merge --no-verify --point 2 M OUT`' ;;
         q-convert) echo '`qemu-img convert -c -O qcow2 P2 OUT`' ;;
         q-convert-direct) echo '`qemu-img convert -c -T none -t none -O qcow2 P2 OUT`' ;;
         q-commit) echo '`qemu-img commit P2` then `qemu-img convert -c -O qcow2 P1 OUT`' ;;
@@ -266,14 +272,14 @@ rpt "### Pruning a backup chain: a full and one incremental of W2 made one compr
 rpt ""
 rpt "| command | wall s | wall s, each run | CPU s | peak RSS MiB | output MiB | pages of the output | pages of the chain read | time ÷ qemu-img convert -c | time ÷ qemu-img commit + convert -c | CPU ÷ qemu-img convert -c | load (1 min) before each run |"
 rpt "|---|---|---|---|---|---|---|---|---|---|---|---|"
-for k in prune merge q-convert q-convert-direct q-commit; do
+for k in prune merge merge-nv q-convert q-convert-direct q-commit; do
     w=$(rmed $k 3)
     rpt "| $(label $k) | $(fmt_s "$w") | $(each $k) | $(fmt_s "$(rmed $k cpu)") | $(fmt_mib "$(rmed $k 6)" 1024) |" \
         "$(fmt_mib "$(rmed $k 7)" 1) | $(rmed $k 8) | $(rmed $k 9) |" \
         "$(ratio "$w" "$QC" 3) | $(ratio "$w" "$QK" 3) | $(ratio "$(rmed $k cpu)" "$(rmed q-convert cpu)" 3) | $(loads $k) |"
 done
 rpt ""
-rpt "Medians of $RUNS round(s); in each round the five commands ran one after the other in this" \
+rpt "Medians of $RUNS round(s); in each round the six commands ran one after the other in this" \
     "order, the page cache dropped before each (copies of the chain made before). P1, P2: M's" \
     "\`vda/000001.qcow2\` (the full) and \`vda/000002.qcow2\` (the incremental over it). Output:" \
     "prune's point 2 image after it, or OUT. Pages (fincore after the run): of the output, and of" \
