@@ -38,6 +38,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 . "$HERE/lib.sh"
 . "$HERE/make-inputs.sh"
+. "$HERE/w2-backup.sh"
 
 QUICK=0 RUNS='' LABEL=''
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
@@ -111,18 +112,8 @@ SRC=$WORK/$W2.raw
 SIZE=$(stat -c %s "$SRC")
 
 # ---------------------------------------------------------------- the chain
-QSOCK=$B/qmp.sock MSOCK=$B/mon.sock DISK=$B/disk.qcow2
-QDEV=/machine/peripheral/vda/virtio-backend
-QMPPY=$ROOT/tests/interop/qmp.py
-QPID=
-qemu_stop() {
-    [ -n "$QPID" ] || return 0
-    kill "$QPID" 2>/dev/null
-    for _ in $(seq 50); do [ -d "/proc/$QPID" ] || break; sleep 0.1; done
-    [ -d "/proc/$QPID" ] && kill -9 "$QPID" 2>/dev/null
-    QPID=
-}
-cleanup() { qemu_stop; rm -rf "$B"; }
+DISK=$B/disk.qcow2 QDEV=/machine/peripheral/vda/virtio-backend
+cleanup() { w2b_stop "$W2B_QPID"; rm -rf "$B"; }
 trap cleanup EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 
@@ -130,34 +121,8 @@ rm -rf "$B"
 mkdir -p "$B" || exit 1
 M=$B/m
 log "the chain: zcow backup --qmp of a TCG QEMU whose disk is a qcow2 of $SRC, then 1% rewritten, then an incremental"
-qemu-img convert -f raw -O qcow2 "$SRC" "$DISK" || exit 1
-qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
-    -blockdev driver=file,filename="$DISK",node-name=f0,cache.direct=on \
-    -blockdev driver=qcow2,file=f0,node-name=d0,cache.direct=on \
-    -device virtio-blk-pci,drive=d0,id=vda \
-    -qmp unix:"$QSOCK",server=on,wait=off -qmp unix:"$MSOCK",server=on,wait=off \
-    -daemonize -pidfile "$B/qemu.pid" || { echo "cannot start QEMU" >&2; exit 1; }
-QPID=$(cat "$B/qemu.pid")
-for _ in $(seq 100); do [ -S "$MSOCK" ] && break; sleep 0.05; done
-[ -S "$MSOCK" ] || { echo "QEMU's monitor did not appear" >&2; exit 1; }
-"$ZCOW" backup -q --qmp "$QSOCK" "$M" || { echo "the full backup failed" >&2; exit 1; }
-# 1% of the disk rewritten through the device, in 64 KiB writes spread
-# evenly over it, with data from a tar of W2's tree (as bench/backup.sh)
-CL=65536
-NW=$(( (SIZE / 100 + CL - 1) / CL ))
-STRIDE=$(( SIZE / NW / CL * CL ))
-rw=$B/rw
-mkdir -p "$rw"
-{ tar -C "$W2_TREE" -cf - . 2>/dev/null | head -c $((NW * CL)); head -c $((NW * CL)) /dev/urandom; } |
-    head -c $((NW * CL)) > "$rw/data"
-split -b $CL -d -a 6 "$rw/data" "$rw/c."
-cmds=()
-for i in $(seq 0 $((NW - 1))); do cmds+=("write -s $rw/c.$(printf '%06d' "$i") $((i * STRIDE)) 64k"); done
-cmds+=(flush)
-python3 "$QMPPY" "$MSOCK" write "$QDEV" "${cmds[@]}" || { echo "the rewrite failed" >&2; exit 1; }
-rm -rf "$rw"
-"$ZCOW" backup -q --qmp "$QSOCK" "$M" || { echo "the incremental backup failed" >&2; exit 1; }
-qemu_stop
+w2_backup "$B" 1 "$M" || exit 1
+NW=$W2B_NW STRIDE=$W2B_STRIDE
 P1=$M/vda/000001.qcow2 P2=$M/vda/000002.qcow2
 [ "$(qemu-img info --output=json "$P2" | sed -n 's/.*"backing-filename": "\(.*\)".*/\1/p')" = 000001.qcow2 ] ||
     { echo "point 2 is not an incremental over point 1" >&2; exit 1; }

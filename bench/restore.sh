@@ -13,12 +13,13 @@
 #   --zcow PATH    the zcow binary (default build/zcow)
 #   --label NAME   results in bench/results/DATE/restore-NAME.md
 #
-# The backup: a QEMU (TCG, no guest OS) runs with a qcow2 of W2 as its disk;
-# zcow backup --qmp takes a full, 1% of the disk is rewritten through the
-# device (64 KiB writes spread evenly, data from a tar of W2's tree, as
-# bench/backup.sh does), and zcow backup takes an incremental: point 2, a
-# chain of two compressed images (DIR/vda/000001.qcow2 <- 000002.qcow2).
-# QEMU is stopped; its disk is then what every restore must give.
+# The backup (bench/w2-backup.sh): a QEMU (TCG, no guest OS) runs with a
+# qcow2 of W2 as its disk; zcow backup --qmp takes a full, 1% of the disk is
+# rewritten through the device (64 KiB writes spread evenly, data from a
+# tar of W2's tree, as bench/backup.sh does), and zcow backup takes an
+# incremental: point 2, a chain of two compressed images
+# (DIR/vda/000001.qcow2 <- 000002.qcow2).  QEMU is stopped; its disk is then
+# what every restore must give.
 #
 # Each round restores point 2, the page cache dropped before each command:
 #   raw    zcow restore DIR OUT.raw            qemu-img convert -O raw TOP OUT.raw
@@ -37,6 +38,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 . "$HERE/lib.sh"
 . "$HERE/make-inputs.sh"
+. "$HERE/w2-backup.sh"
 
 QUICK=0 RUNS='' LABEL=''
 WORK=${ZCOW_BENCH_DIR:-/var/tmp/zcow-bench}
@@ -107,10 +109,8 @@ SRC=$WORK/$W2.raw
 SIZE=$(stat -c %s "$SRC")
 
 # ---------------------------------------------------------------- the backup
-QSOCK=$B/qmp.sock MSOCK=$B/mon.sock DISK=$B/disk.qcow2 DIR=$B/dir
-QDEV=/machine/peripheral/vda/virtio-backend
-QMPPY=$ROOT/tests/interop/qmp.py
-QPID= NPID=
+DISK=$B/disk.qcow2
+NPID=
 stop_pid() { # stop_pid PID: SIGTERM (qemu-nbd flushes), then -9 after 10 s
     [ -n "$1" ] || return 0
     kill "$1" 2>/dev/null
@@ -118,7 +118,7 @@ stop_pid() { # stop_pid PID: SIGTERM (qemu-nbd flushes), then -9 after 10 s
     kill -9 "$1" 2>/dev/null
 }
 cleanup() {
-    stop_pid "$QPID"
+    w2b_stop "$W2B_QPID"
     stop_pid "$NPID"
     rm -rf "$B"
 }
@@ -127,36 +127,8 @@ trap 'echo "interrupted" >&2; exit 130' INT TERM
 
 rm -rf "$B"
 mkdir -p "$B" || exit 1
-log "the VM's disk: $DISK (qemu-img convert -O qcow2 of $SRC)"
-qemu-img convert -f raw -O qcow2 "$SRC" "$DISK" || exit 1
-qemu-system-x86_64 -nodefaults -display none -machine q35,accel=tcg -m 64 \
-    -blockdev driver=file,filename="$DISK",node-name=f0,cache.direct=on \
-    -blockdev driver=qcow2,file=f0,node-name=d0,cache.direct=on \
-    -device virtio-blk-pci,drive=d0,id=vda \
-    -qmp unix:"$QSOCK",server=on,wait=off -qmp unix:"$MSOCK",server=on,wait=off \
-    -daemonize -pidfile "$B/qemu.pid" || { echo "cannot start QEMU" >&2; exit 1; }
-QPID=$(cat "$B/qemu.pid")
-for _ in $(seq 100); do [ -S "$MSOCK" ] && break; sleep 0.05; done
-log "zcow backup --qmp: full"
-"$ZCOW" backup --qmp "$QSOCK" "$DIR" >"$LOGDIR/backup.log" 2>&1 || { echo "full backup failed" >&2; exit 1; }
-CL=65536
-NW=$(((SIZE / 100 + CL - 1) / CL))
-STRIDE=$((SIZE / NW / CL * CL))
-log "rewrite: $NW writes of 64 KiB, one per $(numfmt --to=iec "$STRIDE")B"
-d=$B/rw
-mkdir -p "$d"
-{ tar -C "$W2_TREE" -cf - . 2>/dev/null | head -c $((NW * CL)); head -c $((NW * CL)) /dev/urandom; } |
-    head -c $((NW * CL)) >"$d/data"
-split -b $CL -d -a 6 "$d/data" "$d/c."
-cmds=()
-for i in $(seq 0 $((NW - 1))); do cmds+=("write -s $d/c.$(printf '%06d' "$i") $((i * STRIDE)) 64k"); done
-cmds+=(flush)
-python3 "$QMPPY" "$MSOCK" write "$QDEV" "${cmds[@]}" || { echo "the rewrite failed" >&2; exit 1; }
-rm -rf "$d"
-log "zcow backup --qmp: incremental"
-"$ZCOW" backup --qmp "$QSOCK" "$DIR" >>"$LOGDIR/backup.log" 2>&1 || { echo "incremental failed" >&2; exit 1; }
-stop_pid "$QPID"
-QPID=
+w2_backup "$B" 1 || exit 1
+DIR=$W2B_DIR NW=$W2B_NW
 TOP=$DIR/vda/000002.qcow2
 [ -f "$TOP" ] || { echo "no point 2 in $DIR" >&2; exit 1; }
 log "point 2: $(du -sh "$DIR/vda" | cut -f1) in DIR; the disk: $(du -sh "$DISK" | cut -f1)"

@@ -111,7 +111,7 @@ make_one "$WORK" "$W2" || { echo "could not make input $W2" >&2; exit 1; }
 SRC=$WORK/$W2.raw
 SIZE=$(stat -c %s "$SRC")
 
-trap 'rm -rf "$B"' EXIT
+trap 'w2b_stop "$W2B_QPID"; rm -rf "$B"' EXIT
 trap 'echo "interrupted" >&2; exit 130' INT TERM
 rm -rf "$B"
 mkdir -p "$B" || exit 1

@@ -2,16 +2,18 @@
 # it.  Sourced after lib.sh, with ROOT, ZCOW, SRC (W2's raw), SIZE, W2_TREE
 # and LOGDIR set.
 #
-#   w2_backup B INCS
+#   w2_backup B INCS [DIR]
 #
 # A QEMU (TCG, no guest OS, cache.direct=on) runs with B/disk.qcow2, a
-# qcow2 of W2, as its disk vda; zcow backup --qmp takes a full into B/dir,
+# qcow2 of W2, as its disk vda; zcow backup --qmp takes a full into DIR
+# (default B/dir),
 # then INCS times: 1% of the disk is rewritten through the device (64 KiB
 # writes spread evenly, data from a tar of W2's tree, another stretch each
 # time, as bench/backup.sh does) and zcow backup takes an incremental.
 # QEMU is stopped: B/disk.qcow2 is then the disk at the last point.  Sets
-# W2B_DIR (B/dir), W2B_NW (writes per rewrite) and W2B_STRIDE; returns
-# non-zero after a message when a step fails.
+# W2B_DIR (DIR), W2B_NW (writes per rewrite) and W2B_STRIDE; returns
+# non-zero after a message when a step fails.  W2B_QPID is QEMU's pid
+# while it runs: a caller's exit trap calls w2b_stop "$W2B_QPID".
 
 w2b_stop() { # w2b_stop PID: SIGTERM, then -9 after 10 s
     [ -n "$1" ] || return 0
@@ -20,11 +22,12 @@ w2b_stop() { # w2b_stop PID: SIGTERM, then -9 after 10 s
     kill -9 "$1" 2>/dev/null
 }
 
+W2B_QPID=
 w2_backup() {
-    local b=$1 incs=$2 qpid k i d cl=65536
+    local b=$1 incs=$2 k i d cl=65536
     local qsock=$b/qmp.sock msock=$b/mon.sock disk=$b/disk.qcow2
     local qdev=/machine/peripheral/vda/virtio-backend
-    W2B_DIR=$b/dir
+    W2B_DIR=${3:-$b/dir}
     W2B_NW=$(((SIZE / 100 + cl - 1) / cl))
     W2B_STRIDE=$((SIZE / W2B_NW / cl * cl))
     log "the VM's disk: $disk (qemu-img convert -O qcow2 of $SRC)"
@@ -35,12 +38,12 @@ w2_backup() {
         -device virtio-blk-pci,drive=d0,id=vda \
         -qmp unix:"$qsock",server=on,wait=off -qmp unix:"$msock",server=on,wait=off \
         -daemonize -pidfile "$b/qemu.pid" || { echo "cannot start QEMU" >&2; return 1; }
-    qpid=$(cat "$b/qemu.pid")
+    W2B_QPID=$(cat "$b/qemu.pid")
     for _ in $(seq 100); do [ -S "$msock" ] && break; sleep 0.05; done
     log "zcow backup --qmp: full"
     if ! "$ZCOW" backup --qmp "$qsock" "$W2B_DIR" >"$LOGDIR/backup.log" 2>&1; then
         echo "full backup failed: $(tail -n 3 "$LOGDIR/backup.log")" >&2
-        w2b_stop "$qpid"
+        w2b_stop "$W2B_QPID"
         return 1
     fi
     for k in $(seq 1 "$incs"); do
@@ -61,11 +64,12 @@ w2_backup() {
         if ! python3 "$ROOT/tests/interop/qmp.py" "$msock" write "$qdev" "${cmds[@]}" ||
             ! "$ZCOW" backup --qmp "$qsock" "$W2B_DIR" >>"$LOGDIR/backup.log" 2>&1; then
             echo "rewrite or incremental $k failed: $(tail -n 3 "$LOGDIR/backup.log")" >&2
-            w2b_stop "$qpid"
+            w2b_stop "$W2B_QPID"
             return 1
         fi
         rm -rf "$d"
     done
-    w2b_stop "$qpid"
+    w2b_stop "$W2B_QPID"
+    W2B_QPID=
     log "W2's backup: $(du -sh "$W2B_DIR/vda" | cut -f1) in $W2B_DIR, $((incs + 1)) points"
 }
