@@ -105,7 +105,8 @@ vm_stop() {
 # once its client has flushed and left).
 plugin_start() {
     rm -f "$NSOCK"
-    nbdkit -f -U "$NSOCK" "$PLUGIN" file="$1" size="$2" cache=none >"$LOGDIR/nbdkit.log" 2>&1 &
+    /usr/bin/time -o "$LOGDIR/nbdkit.cpu" -f '%U %S' \
+        nbdkit -f -U "$NSOCK" "$PLUGIN" file="$1" size="$2" cache=none >"$LOGDIR/nbdkit.log" 2>&1 &
     NPID=$!
     for _ in $(seq 200); do [ -S "$NSOCK" ] && return 0; sleep 0.02; done
     return 1
@@ -118,6 +119,12 @@ plugin_wait() {
 }
 
 now() { date +%s.%N; }
+qemu_ticks() { awk '{ print $14 + $15 }' "/proc/$QPID/stat" 2>/dev/null || echo 0; }
+# cpu_of FILE...: the sum of the "USER SYS" lines of those FILEs that exist.
+cpu_of() {
+    local f
+    for f in "$@"; do [ -s "$f" ] && cat "$f"; done | awk '{ s += $1 + $2 } END { printf "%.2f", s }'
+}
 secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 
 # run_row KEY SRC OUT: one row, timed from its first command to the image
@@ -125,11 +132,12 @@ secs() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", b - a }'; }
 # which it does after renaming the image into place).  Appends to RAW:
 # key run place disk wall job_s out_bytes out_pages check_rc compare_rc rc
 run_row() {
-    local key=$1 src=$2 out=$3 size t0 t1 rc job=-
+    local key=$1 src=$2 out=$3 size t0 t1 rc job=- q0 q1 cpu
     size=$(fsize "$src")
-    rm -f "$out"
+    rm -f "$out" "$LOGDIR/nbdkit.cpu" "$LOGDIR/client.cpu"
     case $key in a | b) qemu-img create -q -f qcow2 "$out" "$size" ;; c | d | e) plugin_start "$out" "$size" ;; esac
     drop_caches
+    q0=$(qemu_ticks)
     t0=$(now)
     case $key in
     a | b)
@@ -143,18 +151,24 @@ run_row() {
         plugin_wait || rc=1
         ;;
     d)
-        qemu-img convert -n --target-is-zero -T none -f raw -O raw "$src" "nbd+unix:///?socket=$NSOCK" \
-            2>"$LOGDIR/job.log"
+        /usr/bin/time -o "$LOGDIR/client.cpu" -f '%U %S' qemu-img convert -n --target-is-zero -T none \
+            -f raw -O raw "$src" "nbd+unix:///?socket=$NSOCK" 2>"$LOGDIR/job.log"
         rc=$?
         plugin_wait || rc=1
         ;;
     e)
-        nbdcopy --flush --target-is-zero "$src" "nbd+unix:///?socket=$NSOCK" 2>"$LOGDIR/job.log"
+        /usr/bin/time -o "$LOGDIR/client.cpu" -f '%U %S' nbdcopy --flush --target-is-zero "$src" \
+            "nbd+unix:///?socket=$NSOCK" 2>"$LOGDIR/job.log"
         rc=$?
         plugin_wait || rc=1
         ;;
     esac
     t1=$(now)
+    q1=$(qemu_ticks)
+    # CPU: QEMU's during the row (its job, or nothing in d and e), nbdkit's
+    # and the client's (qemu-img, nbdcopy); the QMP client's is negligible.
+    cpu=$(awk -v q="$((q1 - q0))" -v t="$(getconf CLK_TCK)" -v o="$(cpu_of "$LOGDIR/nbdkit.cpu" "$LOGDIR/client.cpu")" \
+        'BEGIN { printf "%.2f", q / t + o }')
     [ -s "$LOGDIR/job.log" ] && job=$(sed -n 's/.* after \([0-9.]*\) s.*/\1/p' "$LOGDIR/job.log" | head -n 1)
     local pg ck cm
     pg=$(pages "$out")
@@ -162,9 +176,10 @@ run_row() {
     ck=$?
     qemu-img compare -q -T none -f raw -F qcow2 "$src" "$out" >/dev/null 2>&1
     cm=$?
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$RUN" "$PLACE" "$DISK" \
-        "$(secs "$t0" "$t1")" "${job:--}" "$(fsize "$out")" "$pg" "$ck" "$cm" "$rc" >>"$RAW"
-    log "$PLACE $DISK $key: $(secs "$t0" "$t1") s (job ${job:--}), rc $rc, check $ck, compare $cm, $pg pages"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$key" "$RUN" "$PLACE" "$DISK" \
+        "$(secs "$t0" "$t1")" "${job:--}" "$(fsize "$out")" "$pg" "$ck" "$cm" "$rc" "$cpu" \
+        "$(cut -d' ' -f1 /proc/loadavg)" >>"$RAW"
+    log "$PLACE $DISK $key: $(secs "$t0" "$t1") s (job ${job:--}, CPU $cpu s), rc $rc, check $ck, compare $cm, $pg pages"
     rm -f "$out"
 }
 
@@ -214,6 +229,7 @@ name_of() {
     echo "- (a), (b): target made by \`qemu-img create -f qcow2 T SIZE\` (64 KiB clusters, zlib); (c)-(e): \`nbdkit -f -U SOCK build/nbdkit-zcow-plugin.so file=T size=SIZE cache=none\` (64 KiB clusters, zlib), which renames the image into place and exits when the client leaves"
     echo "- disks: ones = 1000 MiB of 0x01; W2 local = $(basename "$W2") ($(numfmt --to=iec "$(fsize "$W2")")B), W2 on the HDD = $(basename "$HDD_W2") ($(numfmt --to=iec "$(fsize "$HDD_W2")")B: the emulated HDD holds 2 GiB); targets in $WORK (local: $(findmnt -n -o SOURCE,FSTYPE -T "$WORK" | tr '\n' ' ')) or on the emulated HDD (bench/hdd.sh: nbdkit memory 2G, delay filter 4 ms per read and write, nbdfuse, loop device, ext4)"
     echo "- time: from the first command of the row (blockdev-add, qemu-img, nbdcopy) until the image is complete on disk (QEMU: blockdev-del returned; nbdkit zcow: exited after renaming the image); the page cache dropped before each row; \"job\": QEMU's own job time (blockdev-backup to BLOCK_JOB_COMPLETED), what upstream's table timed"
+    echo "- CPU: the QEMU process's during the row (/proc/PID/stat: its job, its reads) plus nbdkit's and the client's (qemu-img, nbdcopy; /usr/bin/time); load average (1 min) after each row in the TSV"
     echo "- pages: \`fincore\` of the target after the row; every target judged by \`qemu-img check\` (exit 0) and \`qemu-img compare\` with the disk (exit 0)"
     echo
     for PLACE in "${places[@]}"; do
@@ -221,14 +237,17 @@ name_of() {
             a=$(wall a "$PLACE" $DISK)
             echo "### $DISK, target on the $( [ "$PLACE" = hdd ] && echo "emulated HDD" || echo "local disk")"
             echo
-            echo "| row | time s | job s | time ÷ (a) | output MiB | pages of the output | check and compare clean |"
-            echo "|---|---|---|---|---|---|---|"
+            echo "| row | time s | each run | job s | time ÷ (a) | CPU s | CPU ÷ (a) | output MiB | pages of the output | check and compare clean |"
+            echo "|---|---|---|---|---|---|---|---|---|---|"
+            ca=$(col a "$PLACE" $DISK 12 | med)
             for key in a b c d e; do
                 w=$(wall $key "$PLACE" $DISK)
                 j=$(col $key "$PLACE" $DISK 6 | grep -v '^-$' | med)
                 o=$(col $key "$PLACE" $DISK 7 | med)
                 p=$(col $key "$PLACE" $DISK 8 | med)
-                echo "| $(name_of $key) | $w | $j | $(ratio "$w" "$a" 3) | $(fmt_mib "$o" 1) | $p | $(ok_all $key "$PLACE" $DISK) |"
+                cu=$(col $key "$PLACE" $DISK 12 | med)
+                ea=$(col $key "$PLACE" $DISK 5 | paste -sd, | sed 's/,/, /g')
+                echo "| $(name_of $key) | $w | $ea | $j | $(ratio "$w" "$a" 3) | $cu | $(ratio "$cu" "$ca" 3) | $(fmt_mib "$o" 1) | $p | $(ok_all $key "$PLACE" $DISK) |"
             done
             echo
             c=$(wall c "$PLACE" $DISK)
@@ -239,6 +258,6 @@ name_of() {
             echo
         done
     done
-    echo "Raw rows: push-$LABEL.tsv (key run place disk wall job_s out_bytes out_pages check_rc compare_rc rc)."
+    echo "Raw rows: push-$LABEL.tsv (key run place disk wall job_s out_bytes out_pages check_rc compare_rc rc cpu_s load1)."
 } >"$REPORT"
 cat "$REPORT"
