@@ -314,6 +314,17 @@ refused "a full with a backing file" "$B" "000004.qcow2' is a full in the manife
     "$ZCOW" prune --keep 3 "$B"
 out=$("$ZCOW" prune --force --keep 3 "$B" 2>&1) && pass || fail "prune --force: $out"
 for i in 8 10; do restores "$B" $i "prune --force"; done
+# A size 100 bytes short rounds up to the image's: the check is exact, as
+# verify's and restore's.
+rm -rf "$B" && cp -a "$M" "$B"
+python3 - "$B/zcow-backup.json" <<'EOF'
+import json, sys
+m = json.load(open(sys.argv[1]))
+m["disks"]["vda"]["points"][5]["virtual-size"] -= 100
+json.dump(m, open(sys.argv[1], "w"))
+EOF
+refused "a virtual size the image does not have" "$B" "000006.qcow2': virtual size [0-9]*, the manifest says" \
+    "$ZCOW" prune --keep 3 "$B"
 rm -rf "$B" && cp -a "$M" "$B"
 sed -i 's|"vda/000002.qcow2"|"vda/../../x.qcow2"|' "$B/zcow-backup.json"
 refused "an image outside DIR" "$B" "names the image of point 2 of disk 'vda' 'vda/../../x.qcow2'" \
