@@ -59,16 +59,8 @@ int cmd_merge(int argc, char **argv)
         case OPT_DISK: disk = optarg; break;
         case OPT_POINT:
             have_point = 1;
-            if (!strcmp(optarg, "latest")) {
-                point = 0;
-            } else {
-                char *end;
-                point = strtoull(optarg, &end, 10);
-                if (end == optarg || *end || point == 0 || optarg[0] == '-') {
-                    die_msg("--point '%s' must be a point number or latest", optarg);
-                    goto out;
-                }
-            }
+            if (cli_parse_point(optarg, &point, NULL) < 0)
+                goto out;
             break;
         case OPT_NO_VERIFY: zcow_convert_opts_set_verify(conv, false); break;
         case 'l':

@@ -125,16 +125,8 @@ int cmd_restore(int argc, char **argv)
             goto out;
         case OPT_DISK: disk = optarg; break;
         case OPT_POINT:
-            if (!strcmp(optarg, "latest")) {
-                point = 0;
-            } else {
-                char *end;
-                point = strtoull(optarg, &end, 10);
-                if (end == optarg || *end || point == 0) {
-                    die_msg("--point '%s' must be a point number or latest", optarg);
-                    goto out;
-                }
-            }
+            if (cli_parse_point(optarg, &point, NULL) < 0)
+                goto out;
             break;
         case 'j':
             if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)

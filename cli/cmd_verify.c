@@ -51,21 +51,16 @@ int cmd_verify(int argc, char **argv)
         switch (c) {
         case 'h': fputs(verify_usage, stdout); return 0;
         case OPT_DISK: disk = optarg; break;
-        case OPT_POINT:
-            if (!strcmp(optarg, "all")) {
+        case OPT_POINT: {
+            unsigned long long n;
+            if (!strcmp(optarg, "all"))
                 point = ZCOW_VERIFY_ALL;
-            } else if (!strcmp(optarg, "latest")) {
-                point = ZCOW_VERIFY_LATEST;
-            } else {
-                char *end;
-                unsigned long long n = strtoull(optarg, &end, 10);
-                if (end == optarg || *end || n == 0 || n == ZCOW_VERIFY_LATEST) {
-                    die_msg("--point '%s' must be a point number, latest or all", optarg);
-                    return 1;
-                }
-                point = n;
-            }
+            else if (cli_parse_point(optarg, &n, " or all") < 0)
+                return 1;
+            else
+                point = n ? n : ZCOW_VERIFY_LATEST;
             break;
+        }
         default: fputs(verify_usage, stderr); return 1;
         }
     }

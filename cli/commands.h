@@ -46,6 +46,9 @@ void cli_progress_end(const struct cli_progress *p);
 int cli_parse_o(const char *text, zcow_create_opts *c);
 /* A number from LO to HI (WHAT names it in the message); -1 after one. */
 int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what);
+/* --point V: a point number (1 and up) or "latest" (0); -1 after a
+ * message naming also EXTRA ("or all"), when not NULL. */
+int cli_parse_point(const char *v, unsigned long long *out, const char *extra);
 /* Is S an NBD URI (nbd://, nbds://, nbd+unix://, nbds+unix://), as the
  * library tells NBD sources and destinations from files? */
 int cli_is_nbd_uri(const char *s);

@@ -1,6 +1,7 @@
 /* common.c - what several subcommands parse and print alike: -o, numbers,
  * progress, sizes. */
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,27 @@ int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what)
     long n = strtol(v, &end, 10);
     if (errno || end == v || *end || n < lo || n > hi) {
         die_msg("%s '%s' must be a number from %ld to %ld", what, v, lo, hi);
+        return -1;
+    }
+    *out = n;
+    return 0;
+}
+
+int cli_parse_point(const char *v, unsigned long long *out, const char *extra)
+{
+    if (!strcmp(v, "latest")) {
+        *out = 0;
+        return 0;
+    }
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(v, &end, 10);
+    /* strtoull takes "-1" (as ULLONG_MAX) and " 1": digits only. */
+    if (errno || *v < '0' || *v > '9' || *end || n == 0 || n == ULLONG_MAX) {
+        if (extra)
+            die_msg("--point '%s' must be a point number, latest%s", v, extra);
+        else
+            die_msg("--point '%s' must be a point number or latest", v);
         return -1;
     }
     *out = n;

@@ -351,6 +351,9 @@ expect_error "--target-is-zero with a file" "target-is-zero is for a block devic
 expect_error "-O qcow2 to an export" "an NBD export is written as raw" -O qcow2 "$DIR" \
     nbd://127.0.0.1:1/
 expect_error "-O vmdk" "output format 'vmdk'" -O vmdk "$DIR" "$work/x.vmdk"
+# strtoull reads "-1" as the largest number: digits only.
+expect_error "--point -1" "--point '-1' must be a point number or latest" --point -1 "$DIR" \
+    "$work/tz.raw"
 [ ! -e "$work/tz.raw" ] && [ -z "$(temp_leftovers "$work/tz.raw")" ] && pass ||
     fail "a refused restore left a file"
 
