@@ -62,7 +62,6 @@ int cmd_backup(int argc, char **argv)
     struct cli_progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
     const char *qmp = NULL, *domain = NULL, *connect = NULL;
     int c, rc = 1, n_node = 0, n_disk = 0, quiet = 0;
-    long n;
     if (!o || !conv || !create) {
         die_msg("%s", zcow_get_error());
         goto out;
@@ -102,17 +101,12 @@ int cmd_backup(int argc, char **argv)
                 goto out;
             break;
         case 'l':
-            if (cli_parse_int(optarg, 0, 19, &n, "level") < 0)
+            if (cli_parse_level(optarg, create) < 0)
                 goto out;
-            if (zcow_create_opts_set_level(create, (int)n) < 0) {
-                die_msg("%s", zcow_get_error());
-                goto out;
-            }
             break;
         case 'j':
-            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_threads(optarg, conv) < 0)
                 goto out;
-            zcow_convert_opts_set_threads(conv, (int)n);
             break;
         case 'p': prog.show = 1; break;
         case 'q': quiet = 1; break;

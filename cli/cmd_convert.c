@@ -129,14 +129,12 @@ int cmd_convert(int argc, char **argv)
                 goto out;
             break;
         case 'l':
-            if (cli_parse_int(optarg, 0, 19, &n, "level") < 0)
+            if (cli_parse_level(optarg, c) < 0)
                 goto out;
-            zcow_create_opts_set_level(c, (int)n);
             break;
         case 'j':
-            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_threads(optarg, o) < 0)
                 goto out;
-            zcow_convert_opts_set_threads(o, (int)n);
             break;
         case 't':
             if (parse_cache(optarg, &a.cache_mode, "-t") < 0)

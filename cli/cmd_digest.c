@@ -36,7 +36,6 @@ int cmd_digest(int argc, char **argv)
     struct cli_progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
     const char *format = NULL;
     int c, rc = 1, e = 0;
-    long n;
     if (!o) {
         die_msg("%s", zcow_get_error());
         return 1;
@@ -50,9 +49,8 @@ int cmd_digest(int argc, char **argv)
             goto out;
         case 'f': format = optarg; break;
         case 'j':
-            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_threads(optarg, o) < 0)
                 goto out;
-            zcow_convert_opts_set_threads(o, (int)n);
             break;
         case 'p': prog.show = 1; break;
         case OPT_TLS_CERTIFICATES: e = zcow_convert_opts_set_tls_certificates(o, optarg); break;

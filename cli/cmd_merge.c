@@ -44,7 +44,6 @@ int cmd_merge(int argc, char **argv)
     const char *disk = NULL;
     unsigned long long point = 0;
     int c, rc = 1, quiet = 0, have_point = 0;
-    long n;
     if (!conv || !create || !st) {
         die_msg("%s", zcow_get_error());
         goto out;
@@ -64,17 +63,12 @@ int cmd_merge(int argc, char **argv)
             break;
         case OPT_NO_VERIFY: zcow_convert_opts_set_verify(conv, false); break;
         case 'l':
-            if (cli_parse_int(optarg, 0, 19, &n, "level") < 0)
+            if (cli_parse_level(optarg, create) < 0)
                 goto out;
-            if (zcow_create_opts_set_level(create, (int)n) < 0) {
-                die_msg("%s", zcow_get_error());
-                goto out;
-            }
             break;
         case 'j':
-            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_threads(optarg, conv) < 0)
                 goto out;
-            zcow_convert_opts_set_threads(conv, (int)n);
             break;
         case 'p': prog.show = 1; break;
         case 'q': quiet = 1; break;

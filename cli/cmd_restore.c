@@ -108,7 +108,6 @@ int cmd_restore(int argc, char **argv)
     int target_is_zero = 0, verify = 1;
     struct cli_progress prog = { .fd = -1, .last_fd_pct = -1, .last_pct = -1 };
     const char *disk = NULL;
-    long n;
     int rc = 1;
     unsigned long long point = 0;
     int c;
@@ -129,9 +128,8 @@ int cmd_restore(int argc, char **argv)
                 goto out;
             break;
         case 'j':
-            if (cli_parse_int(optarg, 1, 256, &n, "-j") < 0)
+            if (cli_parse_threads(optarg, conv) < 0)
                 goto out;
-            zcow_convert_opts_set_threads(conv, (int)n);
             break;
         case 'p': prog.show = 1; break;
         case 'O':

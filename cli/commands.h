@@ -46,6 +46,9 @@ void cli_progress_end(const struct cli_progress *p);
 int cli_parse_o(const char *text, zcow_create_opts *c);
 /* A number from LO to HI (WHAT names it in the message); -1 after one. */
 int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what);
+/* -l N into C (0 to 19) and -j N into O (1 to 256); -1 after a message. */
+int cli_parse_level(const char *v, zcow_create_opts *c);
+int cli_parse_threads(const char *v, zcow_convert_opts *o);
 /* --point V: a point number (1 and up) or "latest" (0); -1 after a
  * message naming also EXTRA ("or all"), when not NULL. */
 int cli_parse_point(const char *v, unsigned long long *out, const char *extra);

@@ -96,6 +96,27 @@ int cli_parse_int(const char *v, long lo, long hi, long *out, const char *what)
     return 0;
 }
 
+int cli_parse_level(const char *v, zcow_create_opts *c)
+{
+    long n;
+    if (cli_parse_int(v, 0, 19, &n, "level") < 0)
+        return -1;
+    if (zcow_create_opts_set_level(c, (int)n) < 0) {
+        die_msg("%s", zcow_get_error());
+        return -1;
+    }
+    return 0;
+}
+
+int cli_parse_threads(const char *v, zcow_convert_opts *o)
+{
+    long n;
+    if (cli_parse_int(v, 1, 256, &n, "-j") < 0)
+        return -1;
+    zcow_convert_opts_set_threads(o, (int)n);
+    return 0;
+}
+
 int cli_parse_point(const char *v, unsigned long long *out, const char *extra)
 {
     if (!strcmp(v, "latest")) {
