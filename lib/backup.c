@@ -30,14 +30,10 @@
 
 void backup_say(const struct backup_run *r, const char *fmt, ...)
 {
-    if (!r->o->say)
-        return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    vzsay(r->o->say, r->o->say_opaque, fmt, ap);
     va_end(ap);
-    r->o->say(r->o->say_opaque, line);
 }
 
 char *backup_fmt(const char *f, ...)

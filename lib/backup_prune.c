@@ -47,19 +47,6 @@
 #include "fault.h"
 #include "reader.h"
 
-static void say(zcow_message_fn *fn, void *opaque, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void say(zcow_message_fn *fn, void *opaque, const char *fmt, ...)
-{
-    if (!fn)
-        return;
-    char line[512];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
-    va_end(ap);
-    fn(opaque, line);
-}
 
 static uint64_t point_number(json_t *point)
 {
@@ -298,13 +285,13 @@ static int prune_disk(struct backup_dir *d, const char *name, json_t *entry, siz
         snprintf(what, sizeof(what), "point %" PRIu64 " of disk '%s'", kn, name);
         if ((e = merge_copy(image, image, &conv, backup_dir_point_digest(k), what, &st)) < 0)
             goto out;
-        say(fn, opaque,
+        zsay(fn, opaque,
             "%s: point %" PRIu64 " is now a full: %" PRIu64 " compressed clusters copied as they "
             "were, %" PRIu64 " compressed anew (held uncompressed, or with another cluster size "
             "or compression type), %" PRIu64 " stored uncompressed (incompressible)",
             name, kn, st.clusters_copied, st.clusters_compressed, st.clusters_normal);
     } else {
-        say(fn, opaque, "%s: point %" PRIu64 " is a full already", name, kn);
+        zsay(fn, opaque, "%s: point %" PRIu64 " is a full already", name, kn);
     }
     struct stat sb;
     if (stat(image, &sb) < 0) {
@@ -324,9 +311,9 @@ static int prune_disk(struct backup_dir *d, const char *name, json_t *entry, siz
     e = backup_dir_clean(d);
     uint64_t last = point_number(json_array_get(points, 0)) - 1;
     if (e == 0 && keep == 1)
-        say(fn, opaque, "%s: dropped point %" PRIu64, name, first);
+        zsay(fn, opaque, "%s: dropped point %" PRIu64, name, first);
     else if (e == 0)
-        say(fn, opaque, "%s: dropped %zu points (%" PRIu64 " to %" PRIu64 ")", name, keep, first,
+        zsay(fn, opaque, "%s: dropped %zu points (%" PRIu64 " to %" PRIu64 ")", name, keep, first,
             last);
 out:
     free(image);
@@ -378,7 +365,7 @@ int backup_prune(const char *path, const char *disk, uint64_t keep, unsigned fla
         if (disk && strcmp(name, disk))
             continue;
         if (n <= keep) {
-            say(fn, opaque, "%s: %zu point%s, keeping %" PRIu64 ": nothing to do", name, n,
+            zsay(fn, opaque, "%s: %zu point%s, keeping %" PRIu64 ": nothing to do", name, n,
                 n == 1 ? "" : "s", keep);
             continue;
         }

@@ -304,14 +304,10 @@ static void say(const struct verify *v, const char *fmt, ...) __attribute__((for
 
 static void say(const struct verify *v, const char *fmt, ...)
 {
-    if (!v->say)
-        return;
-    char line[MAX_CAUSES + 256];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    vzsay(v->say, v->opaque, fmt, ap);
     va_end(ap);
-    v->say(v->opaque, line);
 }
 
 /* The points of DISK to read for POINT (0: all; UINT64_MAX: the latest):

@@ -130,14 +130,10 @@ static void note(struct check *c, const char *fmt, ...) __attribute__((format(pr
 
 static void note(struct check *c, const char *fmt, ...)
 {
-    if (!c->report)
-        return;
-    char line[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(line, sizeof(line), fmt, ap);
+    vzsay(c->report, c->opaque, fmt, ap);
     va_end(ap);
-    c->report(c->opaque, line);
 }
 
 /* Read LEN bytes at OFF; bytes past the end of the file read as zero

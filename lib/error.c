@@ -3,6 +3,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "zcow.h"
@@ -91,4 +92,22 @@ uint64_t zerr_kept_at(struct zerr_first *f)
     uint64_t at = f->at;
     pthread_mutex_unlock(&f->lock);
     return at;
+}
+
+void vzsay(void (*fn)(void *opaque, const char *line), void *opaque, const char *fmt, va_list ap)
+{
+    if (!fn)
+        return;
+    char *line = NULL;
+    int n = vasprintf(&line, fmt, ap);
+    fn(opaque, n < 0 ? "(out of memory)" : line);
+    free(line);
+}
+
+void zsay(void (*fn)(void *opaque, const char *line), void *opaque, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vzsay(fn, opaque, fmt, ap);
+    va_end(ap);
 }

@@ -4,8 +4,17 @@
 #define ZCOW_ERROR_H
 
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdint.h>
+
+/* A line for the caller's message callback FN (nothing when FN is NULL):
+ * the one way the library says what it did or found (a backup's
+ * decisions, verify's and check's lines). */
+void zsay(void (*fn)(void *opaque, const char *line), void *opaque, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+void vzsay(void (*fn)(void *opaque, const char *line), void *opaque, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* Record "FMT..." as this thread's message and return -ERR (ERR > 0).
  * Messages follow git's style: lowercase, no full stop, the file in quotes
